@@ -1,0 +1,29 @@
+"""The framework's base error, and how the CLI turns errors into one clear line."""
+
+from __future__ import annotations
+
+from agent.llm_errors import LLMError
+
+
+class VoxloopError(Exception):
+    """An error whose message already names the cause and the fix (shown without a traceback)."""
+
+
+def unwrap(err: BaseException) -> BaseException:
+    """The single leaf of nested exception groups (task groups wrap errors), else ``err``."""
+    while isinstance(err, BaseExceptionGroup) and len(err.exceptions) == 1:
+        err = err.exceptions[0]
+    return err
+
+
+def describe_error(err: BaseException) -> str | None:
+    """One line for an error the user can act on; None for a bug (show the traceback)."""
+    leaf = unwrap(err)
+    if isinstance(leaf, VoxloopError | LLMError):
+        return str(leaf)
+    if isinstance(leaf, ConnectionRefusedError):
+        return f"connection refused ({leaf}): is the server running and the URL right?"
+    if isinstance(leaf, BaseExceptionGroup):
+        lines = [d for d in (describe_error(e) for e in leaf.exceptions) if d]
+        return "; ".join(lines) if lines else None
+    return None

@@ -1,0 +1,138 @@
+"""The small interfaces that plugins implement.
+
+Every stage of the voice loop is reached through one of these protocols, so the framework never
+imports a vendor. Implementations live in `plugins/`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+Role = Literal["system", "user", "assistant"]
+
+
+@dataclass(slots=True)
+class ChatMessage:
+    """One message of the conversation history.
+
+    `interrupted` marks an assistant message cut by barge-in: `content` then holds only what the
+    user actually heard.
+    """
+
+    role: Role
+    content: str
+    interrupted: bool = False
+
+
+class LLM(Protocol):
+    """A streaming chat model."""
+
+    def stream(self, messages: Sequence[ChatMessage]) -> AsyncIterator[str]:
+        """Yield text deltas as the model produces them (never empty strings).
+
+        Cancelling the consumer closes the underlying HTTP stream.
+        """
+        ...
+
+
+@dataclass(slots=True)
+class Transcript:
+    """What the STT heard in one user utterance."""
+
+    text: str
+    language: str = "en"
+    audio_seconds: float = 0.0
+    compute_seconds: float = 0.0
+
+
+class STT(Protocol):
+    """Speech to text for one finished utterance."""
+
+    async def transcribe(self, pcm: bytes, sample_rate: int) -> Transcript:
+        """Transcribe 16-bit mono PCM. Cancelling abandons the result."""
+        ...
+
+
+@dataclass(slots=True)
+class WordTiming:
+    """A word as spoken, with absolute times (seconds from the context's first audio)."""
+
+    word: str
+    start: float
+    end: float
+
+
+@dataclass(slots=True)
+class SpeechChunk:
+    """A piece of synthesized speech: PCM16 mono at `sample_rate`, plus character alignment."""
+
+    pcm: bytes
+    sample_rate: int
+    chars: list[str] = field(default_factory=list)
+    char_starts: list[float] = field(default_factory=list)  # absolute seconds in the context
+    char_ends: list[float] = field(default_factory=list)
+
+
+class AudioOutput(Protocol):
+    """Where the agent's voice goes (speaker, phone line, WAV file)."""
+
+    sample_rate: int
+
+    async def play(self, pcm: bytes) -> None:
+        """Queue PCM16 mono for playout; may wait for room (backpressure)."""
+        ...
+
+    def clear(self) -> int:
+        """Drop everything queued but not yet played; return the samples dropped."""
+        ...
+
+    @property
+    def samples_played(self) -> int:
+        """Samples actually played since the last `mark()`."""
+        ...
+
+    def mark(self) -> None:
+        """Start counting `samples_played` from zero (called at the start of each turn)."""
+        ...
+
+    async def drain(self) -> None:
+        """Wait until everything queued has been played. Cancelling stops waiting only."""
+        ...
+
+
+class TTSStream(Protocol):
+    """One utterance on a TTS connection (an ElevenLabs context): text in, speech out."""
+
+    async def send(self, text: str) -> None:
+        """Send text that ends at a word boundary. Cancelling may leave it unsent."""
+        ...
+
+    async def flush(self) -> None:
+        """Speak everything buffered now."""
+        ...
+
+    async def close(self) -> None:
+        """No more text; the stream ends after the remaining audio."""
+        ...
+
+    async def abort(self) -> None:
+        """Stop at once and drop audio still on its way (barge-in). Runs shielded."""
+        ...
+
+    def chunks(self) -> AsyncIterator[SpeechChunk]:
+        """Speech with absolute alignment, until the stream ends."""
+        ...
+
+    def heard_text(self, played_seconds: float) -> str:
+        """The words fully played within the first ``played_seconds`` of this stream's audio."""
+        ...
+
+
+class TTS(Protocol):
+    """A text-to-speech connection that opens one stream per turn."""
+
+    async def open_context(self) -> TTSStream:
+        """Open a stream for one turn. Cancelling leaves nothing open."""
+        ...

@@ -1,0 +1,1 @@
+"""Adapters between the voxloop framework and the outside world (one subpackage each)."""
