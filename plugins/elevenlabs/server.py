@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -57,6 +58,8 @@ log = logging.getLogger("voxloop.tts_server")
 SOCKET_MAX_FRAME = 4 * 1024 * 1024
 #: Longest audio carried by one frame, so frames stay far below clients' 1 MiB default limit.
 MAX_FRAME_SECONDS = 1.0
+#: A context's first frame is short, so its bytes leave after encoding only this much.
+FIRST_FRAME_SECONDS = 0.2
 
 
 class SpeechPiece(Protocol):
@@ -109,15 +112,21 @@ class ServerStats:
     first_frame_sent_s: list[float] = field(default_factory=list)
 
 
-def split_chunk(chunk: SpeechPiece, max_seconds: float) -> list[SpeechPiece]:
-    """Cut a long engine chunk into pieces of at most ``max_seconds``, re-basing alignment."""
+def split_chunk(
+    chunk: SpeechPiece, max_seconds: float, *, head_seconds: float | None = None
+) -> list[SpeechPiece]:
+    """Cut an engine chunk into frames of at most ``max_seconds`` (the first one at most
+    ``head_seconds`` when given, so the first bytes go out sooner), re-basing alignment."""
     n_samples = len(chunk.pcm) // 2
     limit = max(1, int(max_seconds * chunk.sample_rate))
-    if n_samples <= limit:
+    head = max(1, int((head_seconds or max_seconds) * chunk.sample_rate))
+    if n_samples <= min(limit, head):
         return [chunk]
+    bounds = [0, min(head, n_samples)]
+    while bounds[-1] < n_samples:
+        bounds.append(min(n_samples, bounds[-1] + limit))
     pieces: list[SpeechPiece] = []
-    for first in range(0, n_samples, limit):
-        last = min(n_samples, first + limit)
+    for first, last in zip(bounds, bounds[1:], strict=False):
         start_ms = first * 1000.0 / chunk.sample_rate
         end_ms = last * 1000.0 / chunk.sample_rate
         picked = [
@@ -135,6 +144,27 @@ def split_chunk(chunk: SpeechPiece, max_seconds: float) -> list[SpeechPiece]:
             )
         )
     return pieces
+
+
+#: A context's first text longer than this is split so its head is synthesized on its own.
+FIRST_PIECE_MAX_CHARS = 48
+_CLAUSE_END = re.compile(r"[,;:\u2014]\s")
+
+
+def split_for_first_audio(text: str, limit: int = FIRST_PIECE_MAX_CHARS) -> list[str]:
+    """Split a context's first text so the first audio comes sooner.
+
+    Engines synthesize a sentence at a time, so time to first byte grows with the first
+    sentence. A long head is cut at the first clause break within ``limit`` characters, else at
+    the last word break before it; the pieces join back to ``text`` exactly.
+    """
+    if len(text) <= limit:
+        return [text]
+    clause = _CLAUSE_END.search(text, 12, limit + 1)
+    cut = clause.end() if clause else text.rfind(" ", 12, limit) + 1
+    if cut <= 0 or not text[cut:].strip():
+        return [text]
+    return [text[:cut], text[cut:]]
 
 
 def alignment_for(chunk: SpeechPiece) -> Alignment | None:
@@ -243,11 +273,16 @@ class _Connection:
                     return
                 speed = (item.voice_settings.speed if item.voice_settings else None) or 1.0
                 started = time.monotonic()
-                async for chunk in self._engine_chunks(item.text, speed):
+                pieces = split_for_first_audio(item.text) if first else [item.text]
+                async for chunk in self._engine_chunks(pieces, speed):
                     if first:
                         self.server.stats.engine_first_chunk_s.append(time.monotonic() - started)
-                    for piece in split_chunk(chunk, MAX_FRAME_SECONDS):
-                        audio = encoder.encode(piece.pcm)
+                    head = FIRST_FRAME_SECONDS if first else None
+                    for piece in split_chunk(chunk, MAX_FRAME_SECONDS, head_seconds=head):
+                        # encoding (resampling, mp3) runs off the event loop, like synthesis
+                        audio = await anyio.to_thread.run_sync(
+                            encoder.encode, piece.pcm, limiter=self.server.limiter
+                        )
                         await self._send_audio(context_id, audio, alignment_for(piece))
                     if first:
                         self.server.stats.first_frame_sent_s.append(time.monotonic() - started)
@@ -258,17 +293,20 @@ class _Connection:
                     if tail:
                         await self._send_audio(context_id, tail, None)
 
-    async def _engine_chunks(self, text: str, speed: float) -> AsyncIterator[SpeechPiece]:
+    async def _engine_chunks(
+        self, texts: list[str], speed: float
+    ) -> AsyncIterator[SpeechPiece]:
         """Run the blocking engine in a worker thread, one chunk per hop."""
         engine = self.server.engine
-        chunks = await anyio.to_thread.run_sync(
-            lambda: iter(engine.synthesize(text, speed=speed)), limiter=self.server.limiter
-        )
-        while True:
-            chunk = await anyio.to_thread.run_sync(next, chunks, None, limiter=self.server.limiter)
-            if chunk is None:
-                return
-            yield chunk
+        for text in texts:
+            chunks = iter(engine.synthesize(text, speed=speed))  # generators start lazily
+            while True:
+                chunk = await anyio.to_thread.run_sync(
+                    next, chunks, None, limiter=self.server.limiter
+                )
+                if chunk is None:
+                    break
+                yield chunk
 
     async def _send_audio(
         self, context_id: str | None, audio: bytes, alignment: Alignment | None

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from plugins.elevenlabs.client import ElevenLabsTTS, TTSConfig
-from plugins.elevenlabs.formats import parse_output_format
+from plugins.elevenlabs.formats import Decoder, parse_output_format
 
 #: The latency tool's sentence: 121 characters.
 LATENCY_SENTENCE = (
@@ -81,7 +81,8 @@ async def say_to_file(
     path = out_dir / (name or output_name(text, "mp3" if raw else "wav"))
     if raw:
         path.write_bytes(bytes(audio))
-        seconds = ctx.audio_seconds
+        decoder = Decoder(fmt)
+        seconds = len(decoder.decode(bytes(audio)) + decoder.finish()) / 2 / fmt.sample_rate
     else:
         with wave.open(str(path), "wb") as wav:
             wav.setnchannels(1)
