@@ -146,12 +146,14 @@ class Session:
                 if metrics.first_token is None:
                     metrics.first_token = now
                 metrics.last_token = now
+                metrics.deltas += 1
                 full.append(delta)
                 for piece in chunker.push(delta):
                     await self._send(stream, piece, metrics, spoken)
         except LLMError as err:
             log.warning("turn %d: LLM failed mid-turn: %s", metrics.turn, err)
             result.error = err
+            metrics.error = str(err)
         for piece in chunker.finish():
             await self._send(stream, piece, metrics, spoken)
         result.full_text = "".join(full)
@@ -167,6 +169,7 @@ class Session:
         if metrics.first_text_sent is None:
             metrics.first_text_sent = time.monotonic()
         spoken.append(piece)
+        metrics.text_pieces += 1
         if self.hooks.on_text_sent is not None:
             self.hooks.on_text_sent(piece)
 

@@ -1,0 +1,141 @@
+"""Server-side text buffering of one TTS context: join rules, chunk schedule, auto_mode sentences.
+
+Pure string logic used by `ServerProtocol`:
+
+- Join rule: pieces are concatenated as sent, except that a space is inserted when the text so
+  far ends with sentence/clause punctuation (``. ! ? , ; : …``, optionally followed by closing
+  quotes/brackets) and the new piece starts with a letter (or an opening ``¿ ¡ ( [ “ ‘``).
+  So ``"Hello" " there" "!"`` -> ``"Hello there!"`` and ``"Hello there!" "I am here."`` ->
+  ``"Hello there! I am here."``. Two pieces that meet letter-to-letter are NOT separated: LLM
+  token streams split words into sub-word tokens ("Un", "believ", "able").
+  Whitespace-only pieces add at most one space; leading whitespace of a context is dropped.
+- Schedule: the first chunk is released when `schedule[0]` characters are buffered, the next when
+  `schedule[1]` more are, ... the last value repeats. A chunk is cut after the last whitespace in
+  the buffer (so a half-received word stays buffered); with no whitespace the whole buffer goes.
+  A flush releases everything and restarts the schedule at its first value.
+- auto_mode: the schedule is ignored; a chunk is released at every complete sentence: sentence
+  punctuation followed by whitespace, or a multi-character piece that itself ends with sentence
+  punctuation (a client sending whole sentences). Without a sentence end, text is released at a
+  word boundary once MAX_SCHEDULE_VALUE characters are buffered.
+
+The concatenation of all released chunks equals the joined text (leading whitespace aside, and
+whitespace-only buffers are dropped at a flush).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .messages import MAX_SCHEDULE_VALUE, TRY_TRIGGER_MIN_CHARS, GenerationConfig
+
+_CLOSERS = "\"')]}”’»"
+_JOIN_AFTER = ".!?,;:…"
+_SENTENCE_END = ".!?…"
+_OPENERS = "¿¡([“‘"
+_SENTENCE_BOUNDARY = re.compile(r"[.!?…][\"')\]}”’»]*\s+")
+
+
+def needs_space(tail: str, piece: str) -> bool:
+    """Whether a space must go between text ending in `tail` and `piece` (see module doc)."""
+    if not tail or not piece or tail[-1].isspace() or piece[0].isspace():
+        return False
+    stripped = tail.rstrip(_CLOSERS)
+    if not stripped or stripped[-1] not in _JOIN_AFTER:
+        return False
+    return piece[0].isalpha() or piece[0] in _OPENERS
+
+
+def _ends_sentence(piece: str) -> bool:
+    stripped = piece.rstrip().rstrip(_CLOSERS)
+    return len(stripped) > 1 and stripped[-1] in _SENTENCE_END
+
+
+def _word_cut(text: str) -> int:
+    """Index just after the last whitespace of `text`, or len(text) when there is none useful."""
+    for index in range(len(text) - 1, -1, -1):
+        if text[index].isspace():
+            if text[:index].strip():
+                return index + 1
+            break
+    return len(text)
+
+
+@dataclass
+class TextBuffer:
+    """The not-yet-released text of one context plus its position in the schedule."""
+
+    config: GenerationConfig
+    auto_mode: bool = False
+    pending: str = ""
+    tail: str = ""  # the last few characters of all text appended so far
+    chunk_index: int = 0
+    _sentence_ready: bool = False
+
+    def append(self, piece: str) -> None:
+        """Add a client text piece, applying the join rule."""
+        if not piece:
+            return
+        if piece.isspace():
+            if self.tail and not self.tail[-1].isspace():
+                self._add(" ")
+            return
+        if not self.tail:
+            piece = piece.lstrip()
+        elif needs_space(self.tail, piece):
+            piece = " " + piece
+        self._add(piece)
+        if _ends_sentence(piece):
+            self._sentence_ready = True
+
+    def _add(self, piece: str) -> None:
+        self.pending += piece
+        self.tail = (self.tail + piece)[-8:]
+
+    def take_ready(self) -> list[str]:
+        """Chunks the schedule (or auto_mode's sentence rule) releases now."""
+        return self._take_sentences() if self.auto_mode else self._take_scheduled()
+
+    def _take_scheduled(self) -> list[str]:
+        out: list[str] = []
+        while self.pending and len(self.pending) >= self.config.threshold(self.chunk_index):
+            out.extend(self._release(_word_cut(self.pending)))
+            self.chunk_index += 1
+        return out
+
+    def _take_sentences(self) -> list[str]:
+        out: list[str] = []
+        cut = 0
+        for match in _SENTENCE_BOUNDARY.finditer(self.pending):
+            cut = match.end()
+        if self._sentence_ready:
+            cut = len(self.pending)
+        self._sentence_ready = False
+        if cut:
+            out.extend(self._release(cut))
+        while len(self.pending) >= MAX_SCHEDULE_VALUE:
+            out.extend(self._release(_word_cut(self.pending)))
+        return out
+
+    def take_trigger(self) -> list[str]:
+        """try_trigger_generation: release up to a word boundary if >= 50 chars are buffered."""
+        if len(self.pending.strip()) < TRY_TRIGGER_MIN_CHARS:
+            return []
+        self.chunk_index += 1
+        return self._release(_word_cut(self.pending))
+
+    def take_all(self) -> str:
+        """Flush: everything buffered ("" when only whitespace); the schedule restarts."""
+        text, self.pending = self.pending, ""
+        self.chunk_index = 0
+        self._sentence_ready = False
+        return text if text.strip() else ""
+
+    def drop(self) -> None:
+        """Forget unreleased text (close_context, timeout)."""
+        self.pending = ""
+        self._sentence_ready = False
+
+    def _release(self, cut: int) -> list[str]:
+        chunk, self.pending = self.pending[:cut], self.pending[cut:]
+        return [chunk] if chunk.strip() else []
