@@ -279,14 +279,14 @@ class _Socket:
             raise self.error
         async with self.lock:
             for frame in self.protocol.data_to_send():
-                listener = self.tts.frame_listener
-                if listener is not None:
-                    listener("out", time.monotonic(), frame)
                 try:
                     await self.ws.send(frame)
                 except ConnectionClosed as err:
                     raise self._lost(err) from None
                 self.last_out = time.monotonic()
+                listener = self.tts.frame_listener
+                if listener is not None:
+                    listener("out", self.last_out, frame)  # the time it was written
 
     def _lost(self, err: ConnectionClosed) -> TTSError:
         rcvd = err.rcvd
