@@ -1,0 +1,1 @@
+"""voxloop tests."""
