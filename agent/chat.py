@@ -44,18 +44,33 @@ class AgentSettings:
 
 def add_agent_options(p: argparse.ArgumentParser) -> None:
     """The options shared by the conversational commands."""
-    p.add_argument("--llm-url", help="OpenAI-compatible base URL (default: $OPENAI_BASE_URL, the "
-                   "real service with OPENAI_API_KEY, else the local llama.cpp server)")
-    p.add_argument("--model", help=f"chat model (default: {REMOTE_MODEL} with a key, else the "
-                   "embedded SmolLM2-135M)")
-    p.add_argument("--tts-url", help="ElevenLabs-protocol server (default: $ELEVENLABS_BASE_URL, "
-                   "the real service with ELEVENLABS_API_KEY, else the local TTS server)")
+    p.add_argument(
+        "--llm-url",
+        help="OpenAI-compatible base URL (default: $OPENAI_BASE_URL, the "
+        "real service with OPENAI_API_KEY, else the local llama.cpp server)",
+    )
+    p.add_argument(
+        "--model",
+        help=f"chat model (default: {REMOTE_MODEL} with a key, else the embedded SmolLM2-135M)",
+    )
+    p.add_argument(
+        "--tts-url",
+        help="ElevenLabs-protocol server (default: $ELEVENLABS_BASE_URL, "
+        "the real service with ELEVENLABS_API_KEY, else the local TTS server)",
+    )
     p.add_argument("--voice", help="TTS voice id")
     p.add_argument("--system", default=DEFAULT_SYSTEM_PROMPT, help="system prompt")
-    p.add_argument("--max-tokens", type=int, default=80,
-                   help="cap on each answer's length (default: %(default)s)")
-    p.add_argument("--sentence-mode", action="store_true",
-                   help="send whole sentences to TTS instead of words as they arrive")
+    p.add_argument(
+        "--max-tokens",
+        type=int,
+        default=80,
+        help="cap on each answer's length (default: %(default)s)",
+    )
+    p.add_argument(
+        "--sentence-mode",
+        action="store_true",
+        help="send whole sentences to TTS instead of words as they arrive",
+    )
 
 
 def settings_from(args: argparse.Namespace) -> AgentSettings:
@@ -128,9 +143,10 @@ def cmd_chat(args: argparse.Namespace) -> int:
             progress(f"LLM: {llm_ep.describe()}")
             progress(f"TTS: {tts_ep.describe()}")
             output = WavFileOutput(settings.sample_rate, out_dir)
-            async with make_llm(settings, llm_ep) as llm, make_tts(
-                settings, tts_ep, settings.sample_rate
-            ) as tts:
+            async with (
+                make_llm(settings, llm_ep) as llm,
+                make_tts(settings, tts_ep, settings.sample_rate) as tts,
+            ):
                 session = Session(
                     llm,
                     tts,
@@ -174,5 +190,7 @@ def register(sub: Any) -> None:
         "Piped input is read one user turn per line.",
     )
     add_agent_options(p)
-    p.add_argument("--out", default="output", help="folder for each turn's WAV (default: %(default)s)")
+    p.add_argument(
+        "--out", default="output", help="folder for each turn's WAV (default: %(default)s)"
+    )
     p.set_defaults(handler=cmd_chat)

@@ -43,9 +43,15 @@ def _add_tts_options(p: argparse.ArgumentParser, default_format: str) -> None:
         help="ElevenLabs-protocol server (ws:// or wss://); default: $ELEVENLABS_BASE_URL, the "
         "real service when ELEVENLABS_API_KEY is set, else a local server started for you",
     )
-    p.add_argument("--voice", default=None, help="voice id (default: a stock voice; the local "
-                   "server speaks unknown ids in its own voice)")
-    p.add_argument("--model", default="eleven_flash_v2_5", help="TTS model id (default: %(default)s)")
+    p.add_argument(
+        "--voice",
+        default=None,
+        help="voice id (default: a stock voice; the local "
+        "server speaks unknown ids in its own voice)",
+    )
+    p.add_argument(
+        "--model", default="eleven_flash_v2_5", help="TTS model id (default: %(default)s)"
+    )
     p.add_argument(
         "--format",
         default=default_format,
@@ -98,14 +104,18 @@ def cmd_latency(args: argparse.Namespace) -> int:
                     output_format=args.format,
                 )
                 trials.append(trial)
-                print(f"trial {i + 1}: first byte {trial.ttfb_s * 1000:7.1f} ms · "
-                      f"total {trial.total_s * 1000:7.1f} ms")
+                print(
+                    f"trial {i + 1}: first byte {trial.ttfb_s * 1000:7.1f} ms · "
+                    f"total {trial.total_s * 1000:7.1f} ms"
+                )
             return LatencyReport(trials)
 
     report = anyio.run(main)
     print(f"sentence: {len(LATENCY_SENTENCE)} characters · {len(report.trials)} trials")
-    print(f"average time to first byte: {report.mean_ttfb_s * 1000:.1f} ms "
-          f"(median {report.median_ttfb_s * 1000:.1f} ms)")
+    print(
+        f"average time to first byte: {report.mean_ttfb_s * 1000:.1f} ms "
+        f"(median {report.median_ttfb_s * 1000:.1f} ms)"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(report.to_dict(), indent=2))
     return 0
@@ -153,44 +163,64 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--log-level", default=os.environ.get("VOXLOOP_LOG", "WARNING"),
-                        help="DEBUG, INFO, WARNING (default) or ERROR")
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("VOXLOOP_LOG", "WARNING"),
+        help="DEBUG, INFO, WARNING (default) or ERROR",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("say", help="speak a text to a file through the TTS socket",
-                       description="Open the TTS socket, send the text word by word as an LLM "
-                       "would, flush, close and write output/<name>.mp3; prints time to first "
-                       "byte and total time.", epilog=EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "say",
+        help="speak a text to a file through the TTS socket",
+        description="Open the TTS socket, send the text word by word as an LLM "
+        "would, flush, close and write output/<name>.mp3; prints time to first "
+        "byte and total time.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("text", help="what to say")
     _add_tts_options(p, "mp3_44100_128")
     p.add_argument("--out", default="output", help="folder for the file (default: %(default)s)")
     p.add_argument("--name", help="file name (default: from the first words)")
     p.set_defaults(handler=cmd_say)
 
-    p = sub.add_parser("latency", help="measure TTS time to first byte over several trials",
-                       description="Each trial opens a new socket, sends the init, starts the "
-                       "clock, sends one 121-character sentence and the close, and records the "
-                       "time to the first audio and to the final message.", epilog=EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "latency",
+        help="measure TTS time to first byte over several trials",
+        description="Each trial opens a new socket, sends the init, starts the "
+        "clock, sends one 121-character sentence and the close, and records the "
+        "time to the first audio and to the final message.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--trials", type=int, default=5, help="how many (default: %(default)s)")
     p.add_argument("--json", help="also write the figures to this JSON file")
     _add_tts_options(p, "mp3_44100_128")
     p.set_defaults(handler=cmd_latency)
 
-    p = sub.add_parser("tts-server", help="serve the ElevenLabs TTS WebSocket protocol locally",
-                       description="A local server for /v1/text-to-speech/{voice}/stream-input "
-                       "and multi-stream-input, speaking with the embedded piper voice. Point any "
-                       "ElevenLabs client's base URL at it.")
+    p = sub.add_parser(
+        "tts-server",
+        help="serve the ElevenLabs TTS WebSocket protocol locally",
+        description="A local server for /v1/text-to-speech/{voice}/stream-input "
+        "and multi-stream-input, speaking with the embedded piper voice. Point any "
+        "ElevenLabs client's base URL at it.",
+    )
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: %(default)s)")
     p.add_argument("--port", type=int, default=8765, help="port (default: %(default)s)")
-    p.add_argument("--strict-voices", action="store_true",
-                   help="refuse unknown voice ids instead of speaking them in the default voice")
+    p.add_argument(
+        "--strict-voices",
+        action="store_true",
+        help="refuse unknown voice ids instead of speaking them in the default voice",
+    )
     p.set_defaults(handler=cmd_tts_server)
 
-    p = sub.add_parser("llm-server", help="serve OpenAI-compatible chat completions locally",
-                       description="Start llama.cpp's OpenAI-compatible server with the embedded "
-                       "SmolLM2-135M-Instruct model.")
+    p = sub.add_parser(
+        "llm-server",
+        help="serve OpenAI-compatible chat completions locally",
+        description="Start llama.cpp's OpenAI-compatible server with the embedded "
+        "SmolLM2-135M-Instruct model.",
+    )
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: %(default)s)")
     p.add_argument("--port", type=int, default=8766, help="port (default: %(default)s)")
     p.set_defaults(handler=cmd_llm_server)

@@ -6,7 +6,7 @@ imports a vendor. Implementations live in `plugins/`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -29,10 +29,10 @@ class ChatMessage:
 class LLM(Protocol):
     """A streaming chat model."""
 
-    def stream(self, messages: Sequence[ChatMessage]) -> AsyncIterator[str]:
+    def stream(self, messages: Sequence[ChatMessage]) -> AsyncGenerator[str, None]:
         """Yield text deltas as the model produces them (never empty strings).
 
-        Cancelling the consumer closes the underlying HTTP stream.
+        Closing the generator (``aclose``) closes the underlying HTTP stream.
         """
         ...
 

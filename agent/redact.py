@@ -11,7 +11,9 @@ import logging
 import re
 import threading
 
-_HEADER = re.compile(r"(?i)\b(xi-api-key|authorization|api-key|x-api-key)(\s*[:=]\s*)(\S+(?: \S+)?)")
+_HEADER = re.compile(
+    r"(?i)\b(xi-api-key|authorization|api-key|x-api-key)(\s*[:=]\s*)(\S+(?: \S+)?)"
+)
 _known: set[str] = set()
 _lock = threading.Lock()
 

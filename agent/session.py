@@ -16,11 +16,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from contextlib import aclosing
 from dataclasses import dataclass, field
 
 import anyio
 
-from agent.interfaces import TTS, AudioOutput, ChatMessage, LLM, TTSStream
+from agent.interfaces import LLM, TTS, AudioOutput, ChatMessage, TTSStream
 from agent.llm_errors import LLMError
 from agent.metrics import TurnMetrics
 from agent.text import TextChunker
@@ -141,15 +142,16 @@ class Session:
         full: list[str] = []
         metrics.llm_request = time.monotonic()
         try:
-            async for delta in self.llm.stream(self.history):
-                now = time.monotonic()
-                if metrics.first_token is None:
-                    metrics.first_token = now
-                metrics.last_token = now
-                metrics.deltas += 1
-                full.append(delta)
-                for piece in chunker.push(delta):
-                    await self._send(stream, piece, metrics, spoken)
+            async with aclosing(self.llm.stream(self.history)) as deltas:
+                async for delta in deltas:
+                    now = time.monotonic()
+                    if metrics.first_token is None:
+                        metrics.first_token = now
+                    metrics.last_token = now
+                    metrics.deltas += 1
+                    full.append(delta)
+                    for piece in chunker.push(delta):
+                        await self._send(stream, piece, metrics, spoken)
         except LLMError as err:
             log.warning("turn %d: LLM failed mid-turn: %s", metrics.turn, err)
             result.error = err

@@ -54,7 +54,10 @@ def write_json(name: str, data: dict[str, Any]) -> Path:
     data = {
         "benchmark": name,
         "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "machine": {"python": platform.python_version(), "cpu": platform.processor() or platform.machine()},
+        "machine": {
+            "python": platform.python_version(),
+            "cpu": platform.processor() or platform.machine(),
+        },
         **data,
     }
     path.write_text(json.dumps(data, indent=2))

@@ -41,13 +41,22 @@ async def measure(trials: int, fmt: str) -> dict[str, object]:
     head = split_for_first_audio(LATENCY_SENTENCE + " ")[0]
     async with LocalTTSServer(engine) as server:
         for _ in range(2):  # warm-up
-            await latency_trial(base_url=server.url, api_key=None, voice_id=DEFAULT_VOICE_ID,
-                                model_id=None, output_format=fmt)
+            await latency_trial(
+                base_url=server.url,
+                api_key=None,
+                voice_id=DEFAULT_VOICE_ID,
+                model_id=None,
+                output_format=fmt,
+            )
         ttfb, total, engine_first = [], [], []
         for _ in range(trials):
-            trial = await latency_trial(base_url=server.url, api_key=None,
-                                        voice_id=DEFAULT_VOICE_ID, model_id=None,
-                                        output_format=fmt)
+            trial = await latency_trial(
+                base_url=server.url,
+                api_key=None,
+                voice_id=DEFAULT_VOICE_ID,
+                model_id=None,
+                output_format=fmt,
+            )
             ttfb.append(trial.ttfb_s * 1000)
             total.append(trial.total_s * 1000)
             engine_first.append(engine_first_chunk(engine, head) * 1000)
@@ -67,20 +76,37 @@ async def measure(trials: int, fmt: str) -> dict[str, object]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--trials", type=int, default=30)
     parser.add_argument("--format", default="mp3_44100_128")
     args = parser.parse_args()
-    results = {fmt: anyio.run(measure, args.trials, fmt) for fmt in dict.fromkeys([args.format, "pcm_16000"])}
+    results = {
+        fmt: anyio.run(measure, args.trials, fmt)
+        for fmt in dict.fromkeys([args.format, "pcm_16000"])
+    }
     rows = []
     for fmt, r in results.items():
-        ttfb = r["ttfb_ms"]; eng = r["engine_first_chunk_ms"]; ovh = r["server_overhead_ms"]
+        ttfb = r["ttfb_ms"]
+        eng = r["engine_first_chunk_ms"]
+        ovh = r["server_overhead_ms"]
         assert isinstance(ttfb, dict) and isinstance(eng, dict) and isinstance(ovh, dict)
         rows += [
-            (f"TTFB median ({fmt})", f"{ttfb['median']:.1f} ms", "<= 150 ms", verdict(ttfb["median"], 150)),
+            (
+                f"TTFB median ({fmt})",
+                f"{ttfb['median']:.1f} ms",
+                "<= 150 ms",
+                verdict(ttfb["median"], 150),
+            ),
             (f"TTFB p95 ({fmt})", f"{ttfb['p95']:.1f} ms", "", ""),
             (f"engine first chunk median ({fmt})", f"{eng['median']:.1f} ms", "", ""),
-            (f"server overhead median ({fmt})", f"{ovh['median']:.1f} ms", "<= 5 ms", verdict(ovh["median"], 5)),
+            (
+                f"server overhead median ({fmt})",
+                f"{ovh['median']:.1f} ms",
+                "<= 5 ms",
+                verdict(ovh["median"], 5),
+            ),
         ]
     first = next(iter(results.values()))
     rows.append(("synthesis RTF", f"{first['rtf']:.3f}", "", ""))

@@ -78,8 +78,11 @@ async def framework_run(n_tokens: int, delay: float) -> dict[str, Any]:
             with tempfile.TemporaryDirectory() as tmp:
                 session = Session(llm, tts, WavFileOutput(16000, Path(tmp)))
                 result = await session.respond("talk")
-    texts = [(t, m) for t, m in sent if m.get("context_id") == "ctx-1" and m.get("text", "").strip()
-             and not m.get("flush")]
+    texts = [
+        (t, m)
+        for t, m in sent
+        if m.get("context_id") == "ctx-1" and m.get("text", "").strip() and not m.get("flush")
+    ]
     owners = piece_owners(tokens)
     assert len(texts) == len(owners), (len(texts), len(owners))
     overhead_us = [(t - llm.yielded_at[o]) * 1e6 for (t, _), o in zip(texts, owners, strict=True)]
@@ -101,7 +104,10 @@ async def sdk_throughput(n_tokens: int) -> float:
     from tests.fakes.scripted_llm import ScriptedChatServer, tokens
 
     toks = llm_tokens(n_tokens)
-    async with ScriptedChatServer([tokens(*toks)]) as fake, LocalTTSServer(FakeSilentEngine()) as server:
+    async with (
+        ScriptedChatServer([tokens(*toks)]) as fake,
+        LocalTTSServer(FakeSilentEngine()) as server,
+    ):
         llm = OpenAILLM("scripted", base_url=fake.base_url, max_tokens=None)
         config = TTSConfig(output_format="pcm_16000", voice_id="silent")
         async with ElevenLabsTTS(config, base_url=server.url) as tts:
@@ -118,14 +124,25 @@ async def real_engines(turns: int) -> dict[str, Any]:
     from plugins.local.piper_tts import PiperEngine
     from plugins.openai.llm import OpenAILLM
 
-    prompts = ["What is the moon?", "Name a fruit.", "What colour is the sky?",
-               "How many legs does a cat have?", "Say hello."]
+    prompts = [
+        "What is the moon?",
+        "Name a fruit.",
+        "What colour is the sky?",
+        "How many legs does a cat have?",
+        "Say hello.",
+    ]
     rows: list[dict[str, Any]] = []
     engine = await anyio.to_thread.run_sync(PiperEngine.load)
     async with LocalLLMServer() as llm_server, LocalTTSServer(engine) as tts_server:
-        llm = OpenAILLM("smollm2", base_url=llm_server.base_url, max_tokens=60,
-                        system_prompt="You are a helpful voice assistant. Answer briefly.")
-        async with ElevenLabsTTS(TTSConfig(output_format="pcm_16000"), base_url=tts_server.url) as tts:
+        llm = OpenAILLM(
+            "smollm2",
+            base_url=llm_server.base_url,
+            max_tokens=60,
+            system_prompt="You are a helpful voice assistant. Answer briefly.",
+        )
+        async with ElevenLabsTTS(
+            TTSConfig(output_format="pcm_16000"), base_url=tts_server.url
+        ) as tts:
             with tempfile.TemporaryDirectory() as tmp:
                 session = Session(llm, tts, WavFileOutput(16000, Path(tmp)))
                 for i in range(turns):
@@ -135,15 +152,23 @@ async def real_engines(turns: int) -> dict[str, Any]:
                     rows.append({k: v for k, v in m.durations().items() if v is not None})
                     assert m.llm_request is not None and m.first_audio_byte is not None
                     rows[-1]["first_audio_since_request"] = m.first_audio_byte - m.llm_request
+
     def med(key: str) -> float:
         return statistics.median(r[key] for r in rows if key in r) * 1000
-    return {"turns": rows, "ttft_ms": med("ttft"), "text_to_socket_ms": med("text_to_socket"),
-            "ttfb_ms": med("ttfb"), "first_audio_ms": med("first_audio_since_request")}
+
+    return {
+        "turns": rows,
+        "ttft_ms": med("ttft"),
+        "text_to_socket_ms": med("text_to_socket"),
+        "ttfb_ms": med("ttfb"),
+        "first_audio_ms": med("first_audio_since_request"),
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--tokens", type=int, default=2000, help="tokens in the paced run")
     parser.add_argument("--burst", type=int, default=20000, help="tokens in the throughput run")
     parser.add_argument("--turns", type=int, default=5, help="turns with the real engines")
@@ -158,23 +183,42 @@ def main() -> None:
     rows = [
         ("per-token overhead p50", f"{ov['median']:.1f} us", "<= 50 us", verdict(ov["median"], 50)),
         ("per-token overhead p99", f"{ov['p99']:.1f} us", "<= 250 us", verdict(ov["p99"], 250)),
-        ("last token -> flush on the wire", f"{paced['last_token_to_flush_ms']:.3f} ms", "<= 1 ms",
-         verdict(paced["last_token_to_flush_ms"], 1)),
-        ("throughput, in process", f"{burst['tokens_per_s']:,.0f} tok/s", ">= 5,000 tok/s",
-         "ok" if burst["tokens_per_s"] >= 5000 else "MISS"),
-        ("throughput, openai SDK over HTTP", f"{sdk:,.0f} tok/s", ">= 5,000 tok/s",
-         "ok" if sdk >= 5000 else "MISS"),
+        (
+            "last token -> flush on the wire",
+            f"{paced['last_token_to_flush_ms']:.3f} ms",
+            "<= 1 ms",
+            verdict(paced["last_token_to_flush_ms"], 1),
+        ),
+        (
+            "throughput, in process",
+            f"{burst['tokens_per_s']:,.0f} tok/s",
+            ">= 5,000 tok/s",
+            "ok" if burst["tokens_per_s"] >= 5000 else "MISS",
+        ),
+        (
+            "throughput, openai SDK over HTTP",
+            f"{sdk:,.0f} tok/s",
+            ">= 5,000 tok/s",
+            "ok" if sdk >= 5000 else "MISS",
+        ),
     ]
     if real:
         rows += [
             ("real LLM time to first token (median)", f"{real['ttft_ms']:.0f} ms", "", ""),
-            ("first token -> text on socket (median)", f"{real['text_to_socket_ms']:.2f} ms", "", ""),
+            (
+                "first token -> text on socket (median)",
+                f"{real['text_to_socket_ms']:.2f} ms",
+                "",
+                "",
+            ),
             ("TTS first text -> first audio (median)", f"{real['ttfb_ms']:.0f} ms", "", ""),
             ("LLM request -> first audio (median)", f"{real['first_audio_ms']:.0f} ms", "", ""),
         ]
     print_table("Turn pipeline", rows)
-    write_json("turn_pipeline", {"paced": paced, "burst": burst, "sdk_tokens_per_s": sdk,
-                                 "real_engines": real})
+    write_json(
+        "turn_pipeline",
+        {"paced": paced, "burst": burst, "sdk_tokens_per_s": sdk, "real_engines": real},
+    )
 
 
 if __name__ == "__main__":

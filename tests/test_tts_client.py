@@ -115,7 +115,9 @@ async def test_good_key_in_header_only(piper_engine: Any, caplog: pytest.LogCapt
     frames: list[str] = []
     async with LocalTTSServer(piper_engine, api_key=SECRET) as server:
         async with ElevenLabsTTS(
-            TTSConfig(), base_url=server.url, api_key=SECRET,
+            TTSConfig(),
+            base_url=server.url,
+            api_key=SECRET,
             frame_listener=lambda d, t, f: frames.append(f),
         ) as tts:
             assert SECRET not in tts.url()

@@ -15,6 +15,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from plugins.elevenlabs.messages import INACTIVITY_REASON, SETTINGS_CHANGED_REASON
 from plugins.elevenlabs.server import LocalTTSServer
+from tests.fakes.engines import MS_PER_CHAR, TONE_HZ, FakeToneEngine, dominant_frequency
 
 pytestmark = pytest.mark.anyio
 
@@ -33,10 +34,10 @@ def ws_url(server: LocalTTSServer, *, multi: bool = False, **query: str) -> str:
     return f"{server.url}/v1/text-to-speech/{VOICE}/{kind}?{q}"
 
 
-async def recv_json(ws: ClientConnection, timeout: float = 20) -> dict[str, Any]:
+async def recv_json(ws: ClientConnection, limit: float = 20) -> dict[str, Any]:
     import anyio
 
-    with anyio.fail_after(timeout):
+    with anyio.fail_after(limit):
         data = await ws.recv()
     assert isinstance(data, str)
     obj = json.loads(data)
@@ -44,12 +45,16 @@ async def recv_json(ws: ClientConnection, timeout: float = 20) -> dict[str, Any]
     return obj
 
 
-async def read_until_final(ws: ClientConnection, context_id: str | None = None) -> list[dict[str, Any]]:
+async def read_until_final(
+    ws: ClientConnection, context_id: str | None = None
+) -> list[dict[str, Any]]:
     frames = []
     while True:
         obj = await recv_json(ws)
         frames.append(obj)
-        if obj.get("isFinal") is True and (context_id is None or obj.get("contextId") == context_id):
+        if obj.get("isFinal") is True and (
+            context_id is None or obj.get("contextId") == context_id
+        ):
             return frames
 
 
@@ -105,31 +110,29 @@ async def test_no_audio_before_first_threshold_then_flush_keeps_socket(piper_eng
 
 async def test_schedule_threshold_triggers_generation(piper_engine: Any) -> None:
     async with serving(piper_engine) as server, connect(ws_url(server)) as ws:
-        await ws.send(json.dumps({"text": " ", "generation_config": {"chunk_length_schedule": [50]}}))
-        await ws.send(json.dumps({"text": "This sentence is long enough to pass fifty characters easily. "}))
-        frame = await recv_json(ws, timeout=20)
+        await ws.send(
+            json.dumps({"text": " ", "generation_config": {"chunk_length_schedule": [50]}})
+        )
+        await ws.send(
+            json.dumps({"text": "This sentence is long enough to pass fifty characters easily. "})
+        )
+        frame = await recv_json(ws, limit=20)
         assert frame.get("audio")
 
 
-@pytest.mark.parametrize("rate", [8000, 16000, 22050, 24000, 44100, 48000])
-async def test_pcm_formats_have_exact_rate(piper_engine: Any, rate: int) -> None:
-    async with serving(piper_engine) as server, connect(
-        ws_url(server, output_format=f"pcm_{rate}")
-    ) as ws:
-        await ws.send(json.dumps({"text": " "}))
-        await ws.send(json.dumps({"text": "One two three four five. "}))
-        await ws.send(json.dumps({"text": ""}))
-        frames = await read_until_final(ws)
-        pcm = audio_of(frames)
-        assert len(pcm) % 2 == 0
-        # alignment gives the duration the engine measured; the PCM must match it at `rate`
-        total_ms = 0.0
-        for f in frames:
-            al = f.get("alignment")
-            if al:
-                total_ms += al["charStartTimesMs"][-1] + al["charDurationsMs"][-1]
-        seconds = len(pcm) / 2 / rate
-        assert abs(seconds - total_ms / 1000) < 0.1, (seconds, total_ms)
+@pytest.mark.parametrize("rate", [8000, 16000, 22050, 24000, 32000, 44100, 48000])
+async def test_pcm_formats_have_exact_rate(rate: int) -> None:
+    text = "One two three four five six seven eight nine ten."
+    async with serving(FakeToneEngine()) as server:
+        url = ws_url(server, output_format=f"pcm_{rate}").replace(VOICE, "tone")
+        async with connect(url) as ws:
+            await ws.send(json.dumps({"text": " "}))
+            await ws.send(json.dumps({"text": text + " "}))
+            await ws.send(json.dumps({"text": ""}))
+            pcm = audio_of(await read_until_final(ws))
+    expected = (len(text) + 1) * MS_PER_CHAR / 1000 * rate  # the text and its trailing space
+    assert abs(len(pcm) / 2 - expected) <= 2, (len(pcm) / 2, expected)
+    assert abs(dominant_frequency(pcm, rate) - TONE_HZ) < 3
 
 
 async def test_alignment_joins_back_and_times_rise(piper_engine: Any) -> None:
@@ -160,9 +163,10 @@ async def test_mp3_output_decodes_to_plausible_speech(piper_engine: Any) -> None
     from plugins.elevenlabs.formats import Decoder, parse_output_format
 
     text = "Streaming speech should decode from mp3 into a plausible length of audio."
-    async with serving(piper_engine) as server, connect(
-        ws_url(server, output_format="mp3_44100_128")
-    ) as ws:
+    async with (
+        serving(piper_engine) as server,
+        connect(ws_url(server, output_format="mp3_44100_128")) as ws,
+    ):
         await ws.send(json.dumps({"text": " "}))
         await ws.send(json.dumps({"text": text + " "}))
         await ws.send(json.dumps({"text": ""}))
@@ -175,16 +179,19 @@ async def test_mp3_output_decodes_to_plausible_speech(piper_engine: Any) -> None
 
 
 async def test_inactivity_closes_with_documented_reason(piper_engine: Any) -> None:
-    async with serving(piper_engine) as server, connect(
-        ws_url(server, inactivity_timeout="1")
-    ) as ws:
+    async with (
+        serving(piper_engine) as server,
+        connect(ws_url(server, inactivity_timeout="1")) as ws,
+    ):
         await ws.send(json.dumps({"text": " "}))
         with pytest.raises(ConnectionClosed) as info:
             while True:
-                await recv_json(ws, timeout=10)
+                await recv_json(ws, limit=10)
     rcvd = info.value.rcvd
     assert rcvd is not None and rcvd.code == 1008
-    assert rcvd.reason.startswith("Have not received a new text input within the timeout of 1 second")
+    assert rcvd.reason.startswith(
+        "Have not received a new text input within the timeout of 1 second"
+    )
     assert INACTIVITY_REASON(1).startswith(rcvd.reason[:60])
 
 
@@ -271,9 +278,10 @@ async def test_bad_input_gets_error_frame_and_server_keeps_serving(
 
 
 async def test_unsupported_format_lists_supported(piper_engine: Any) -> None:
-    async with serving(piper_engine) as server, connect(
-        ws_url(server, output_format="wav_96000")
-    ) as ws:
+    async with (
+        serving(piper_engine) as server,
+        connect(ws_url(server, output_format="wav_96000")) as ws,
+    ):
         err = await recv_json(ws)
         assert err["error"] == "invalid_output_format"
         assert "pcm_16000" in err["message"] and "mp3_44100_128" in err["message"]
@@ -313,3 +321,36 @@ async def test_voice_speed_changes_duration(piper_engine: Any) -> None:
                 await ws.send(json.dumps({"text": ""}))
                 durations[speed] = len(audio_of(await read_until_final(ws))) / 2 / 16000
     assert durations[1.2] < durations[0.8] * 0.85, durations
+
+
+async def test_alignment_offsets_match_audio_across_split_frames() -> None:
+    """Long chunks are cut into frames; a client's running offset must track the audio."""
+    from plugins.elevenlabs.alignment import AlignmentTracker
+    from plugins.elevenlabs.messages import Alignment
+
+    text = "x" * 150  # 3 s of tone: cut into a 0.2 s first frame, then 1 s frames
+    async with serving(FakeToneEngine()) as server:
+        url = ws_url(server).replace(VOICE, "tone")
+        async with connect(url) as ws:
+            await ws.send(json.dumps({"text": " "}))
+            await ws.send(json.dumps({"text": text + " ", "flush": True}))
+            await ws.send(json.dumps({"text": ""}))
+            frames = [f for f in await read_until_final(ws) if f.get("audio")]
+    assert len(frames) >= 4
+    tracker = AlignmentTracker()
+    starts: list[float] = []
+    audio = 0.0
+    for f in frames:
+        seconds = len(base64.b64decode(f["audio"])) / 2 / 16000
+        audio += seconds
+        al = f.get("alignment")
+        parsed = None
+        if al:
+            parsed = Alignment(
+                tuple(al["chars"]), tuple(al["charStartTimesMs"]), tuple(al["charDurationsMs"])
+            )
+        starts += [s for _, s, _ in tracker.feed(parsed, seconds)]
+    assert starts == sorted(starts) and len(starts) == len(text) + 1
+    # the last character starts where the tone says it does, and the offset tracks the audio
+    assert abs(starts[-1] - len(text) * MS_PER_CHAR / 1000) < 0.005
+    assert abs(tracker.offset - audio) < 0.05

@@ -23,7 +23,14 @@ from agent.session import Session
 from plugins.elevenlabs.client import ElevenLabsTTS, TTSConfig
 from plugins.elevenlabs.server import LocalTTSServer
 from plugins.openai.llm import OpenAILLM
-from tests.fakes.scripted_llm import ErrorEvent, ScriptedChatServer, Stall, StreamReply, Token, tokens
+from tests.fakes.scripted_llm import (
+    ErrorEvent,
+    ScriptedChatServer,
+    Stall,
+    StreamReply,
+    Token,
+    tokens,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -56,7 +63,9 @@ class RecordingLLM:
             self.ended_at.append(time.monotonic())
 
 
-def text_frames(sent: list[tuple[float, dict[str, Any]]], ctx: str) -> list[tuple[float, dict[str, Any]]]:
+def text_frames(
+    sent: list[tuple[float, dict[str, Any]]], ctx: str
+) -> list[tuple[float, dict[str, Any]]]:
     return [(t, m) for t, m in sent if m.get("context_id") == ctx]
 
 
@@ -78,18 +87,25 @@ def check_turn_wire(sent: list[tuple[float, dict[str, Any]]], ctx: str) -> tuple
 
 
 @pytest.mark.engines
-async def test_real_local_llm_turn_streams_into_the_socket(piper_engine: Any, tmp_path: Path) -> None:
+async def test_real_local_llm_turn_streams_into_the_socket(
+    piper_engine: Any, tmp_path: Path
+) -> None:
     from plugins.local.llm_server import LocalLLMServer
 
     wire = WireLog()
     async with LocalLLMServer() as llm_server, LocalTTSServer(piper_engine) as tts_server:
         llm = RecordingLLM(
-            OpenAILLM("smollm2", base_url=llm_server.base_url, max_tokens=60,
-                      system_prompt="You are a helpful assistant. Answer in two sentences.")
+            OpenAILLM(
+                "smollm2",
+                base_url=llm_server.base_url,
+                max_tokens=60,
+                system_prompt="You are a helpful assistant. Answer in two sentences.",
+            )
         )
         output = WavFileOutput(16000, tmp_path)
-        async with ElevenLabsTTS(TTSConfig(output_format="pcm_16000"), base_url=tts_server.url,
-                                 frame_listener=wire) as tts:
+        async with ElevenLabsTTS(
+            TTSConfig(output_format="pcm_16000"), base_url=tts_server.url, frame_listener=wire
+        ) as tts:
             session = Session(llm, tts, output)
             result = await session.respond("Tell me about the moon.")
             first_text, flush_at = check_turn_wire(wire.sent(), "ctx-1")
@@ -99,7 +115,10 @@ async def test_real_local_llm_turn_streams_into_the_socket(piper_engine: Any, tm
             assert flush_at >= llm.ended_at[0] - 0.001
             assert result.metrics.ttft is not None and result.metrics.ttfb is not None
             assert session.history[-1].role == "assistant"
-            assert session.history[-1].content == result.full_text.strip() or session.history[-1].content
+            assert (
+                session.history[-1].content == result.full_text.strip()
+                or session.history[-1].content
+            )
             # a second turn on the same warm socket
             await session.respond("And the sun?")
             check_turn_wire(wire.sent(), "ctx-2")
@@ -112,8 +131,9 @@ async def run_scripted(
     results = []
     async with ScriptedChatServer(replies) as fake, LocalTTSServer(piper_engine) as tts_server:
         llm = OpenAILLM("scripted", base_url=fake.base_url, **llm_kw)
-        async with ElevenLabsTTS(TTSConfig(output_format="pcm_16000"), base_url=tts_server.url,
-                                 frame_listener=wire) as tts:
+        async with ElevenLabsTTS(
+            TTSConfig(output_format="pcm_16000"), base_url=tts_server.url, frame_listener=wire
+        ) as tts:
             session = Session(llm, tts, WavFileOutput(16000, tmp_path))
             for prompt in prompts:
                 with anyio.fail_after(30):
@@ -124,7 +144,9 @@ async def run_scripted(
 async def test_llm_error_mid_turn_keeps_what_was_spoken_and_next_turn_works(
     piper_engine: Any, tmp_path: Path
 ) -> None:
-    failing = StreamReply((Token("The first part "), Token("was said. "), ErrorEvent("boom")), finish=False)
+    failing = StreamReply(
+        (Token("The first part "), Token("was said. "), ErrorEvent("boom")), finish=False
+    )
     session, results, wire, _ = await run_scripted(
         piper_engine, [failing, tokens("All ", "good ", "now.")], ["one", "two"], tmp_path
     )
@@ -133,18 +155,24 @@ async def test_llm_error_mid_turn_keeps_what_was_spoken_and_next_turn_works(
     assert first.heard_text == "The first part was said."
     assert second.error is None and second.heard_text == "All good now."
     assert [m.content for m in session.history if m.role == "assistant"] == [
-        "The first part was said.", "All good now."]
+        "The first part was said.",
+        "All good now.",
+    ]
     check_turn_wire(wire.sent(), "ctx-1")
     check_turn_wire(wire.sent(), "ctx-2")
 
 
-async def test_empty_and_none_deltas_never_reach_the_socket(piper_engine: Any, tmp_path: Path) -> None:
+async def test_empty_and_none_deltas_never_reach_the_socket(
+    piper_engine: Any, tmp_path: Path
+) -> None:
     reply = tokens("Hel", None, "", "lo", " ", "", " there", None, "!", "")
     _, results, wire, _ = await run_scripted(piper_engine, [reply], ["hi"], tmp_path)
     assert results[0].heard_text == "Hello there!"
     check_turn_wire(wire.sent(), "ctx-1")
     assert [m["text"] for _, m in text_frames(wire.sent(), "ctx-1")[1:] if m.get("text")] == [
-        "Hello ", "there! "]
+        "Hello ",
+        "there! ",
+    ]
 
 
 async def test_stalled_stream_times_out_and_keeps_the_spoken_part(
@@ -152,8 +180,11 @@ async def test_stalled_stream_times_out_and_keeps_the_spoken_part(
 ) -> None:
     stalled = StreamReply((Token("Before the stall "), Stall(30)), finish=False)
     started = time.monotonic()
-    session, results, wire, _ = await run_scripted(
-        piper_engine, [stalled, tokens("Recovered.")], ["one", "two"], tmp_path,
+    _session, results, wire, _ = await run_scripted(
+        piper_engine,
+        [stalled, tokens("Recovered.")],
+        ["one", "two"],
+        tmp_path,
         inter_token_timeout=0.5,
     )
     assert isinstance(results[0].error, LLMTimeoutError)
@@ -163,7 +194,9 @@ async def test_stalled_stream_times_out_and_keeps_the_spoken_part(
     check_turn_wire(wire.sent(), "ctx-1")
 
 
-async def test_words_go_out_as_they_form_not_whole_sentences(piper_engine: Any, tmp_path: Path) -> None:
+async def test_words_go_out_as_they_form_not_whole_sentences(
+    piper_engine: Any, tmp_path: Path
+) -> None:
     reply = tokens("One", " two", " thr", "ee", " four.", delay=0.05)
     _, _, wire, _ = await run_scripted(piper_engine, [reply], ["count"], tmp_path)
     texts = [m["text"] for _, m in text_frames(wire.sent(), "ctx-1")[1:] if m.get("text")]

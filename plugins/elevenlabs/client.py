@@ -28,8 +28,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
 
 from agent.errors import VoxloopError
-from agent.redact import redacting_logger, register_secret
 from agent.interfaces import SpeechChunk, WordTiming
+from agent.redact import redacting_logger, register_secret
 from plugins.elevenlabs.alignment import AlignmentTracker
 from plugins.elevenlabs.formats import Decoder, parse_output_format
 from plugins.elevenlabs.protocol import (
@@ -38,9 +38,9 @@ from plugins.elevenlabs.protocol import (
     ContextFinal,
     GenerationConfig,
     IgnoredFrame,
+    PronunciationDictionaryLocator,
     ProtocolError,
     ProtocolViolation,
-    PronunciationDictionaryLocator,
     Secret,
     ServerError,
     StaleAudio,
@@ -112,7 +112,9 @@ def resolve_base_url(base_url: str | None) -> str:
     if scheme in ("http", "https"):
         url = ("ws" if scheme == "http" else "wss") + url[len(scheme) :]
     elif scheme not in ("ws", "wss"):
-        raise ValueError(f"TTS URL must start with ws://, wss://, http:// or https:// (got {url!r})")
+        raise ValueError(
+            f"TTS URL must start with ws://, wss://, http:// or https:// (got {url!r})"
+        )
     return url.rstrip("/")
 
 
@@ -395,7 +397,9 @@ class ElevenLabsTTS:
 
     def __repr__(self) -> str:
         key = "set" if self._key else "none"
-        return f"ElevenLabsTTS(base_url={self.base_url!r}, voice={self.config.voice_id!r}, key={key})"
+        return (
+            f"ElevenLabsTTS(base_url={self.base_url!r}, voice={self.config.voice_id!r}, key={key})"
+        )
 
     def url(self) -> str:
         """The socket URL for the configured voice (never holds a key)."""
@@ -558,4 +562,3 @@ __all__ = [
     "resolve_base_url",
     "synthesize",
 ]
-

@@ -17,12 +17,13 @@ every connection with 1001 and waits for their tasks.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -35,6 +36,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from agent.audio import resample
 from agent.redact import redacting_logger, register_secret
 from plugins.elevenlabs.client import DEFAULT_VOICE_ID
 from plugins.elevenlabs.formats import Encoder, OutputFormat, parse_output_format
@@ -89,7 +91,7 @@ class EngineChunk:
 
 
 class SpeechEngine(Protocol):
-    """A blocking text-to-speech engine (for example :class:`plugins.local.piper_tts.PiperEngine`)."""
+    """A blocking text-to-speech engine, e.g. :class:`plugins.local.piper_tts.PiperEngine`."""
 
     @property
     def sample_rate(self) -> int: ...
@@ -126,7 +128,7 @@ def split_chunk(
     while bounds[-1] < n_samples:
         bounds.append(min(n_samples, bounds[-1] + limit))
     pieces: list[SpeechPiece] = []
-    for first, last in zip(bounds, bounds[1:], strict=False):
+    for first, last in itertools.pairwise(bounds):
         start_ms = first * 1000.0 / chunk.sample_rate
         end_ms = last * 1000.0 / chunk.sample_rate
         picked = [
@@ -140,10 +142,29 @@ def split_chunk(
                 sample_rate=chunk.sample_rate,
                 chars=tuple(chunk.chars[i] for i in picked),
                 char_start_ms=tuple(chunk.char_start_ms[i] - start_ms for i in picked),
-                char_duration_ms=tuple(chunk.char_duration_ms[i] for i in picked),
+                # a character never outlasts its frame, so clients' running offsets stay exact
+                char_duration_ms=tuple(
+                    max(0.0, min(chunk.char_duration_ms[i], end_ms - chunk.char_start_ms[i]))
+                    if last < n_samples
+                    else chunk.char_duration_ms[i]
+                    for i in picked
+                ),
             )
         )
     return pieces
+
+
+def resample_piece(chunk: SpeechPiece, rate: int) -> SpeechPiece:
+    """The same speech at ``rate`` (one-shot resampling; alignment unchanged)."""
+    if chunk.sample_rate == rate:
+        return chunk
+    return EngineChunk(
+        pcm=resample(chunk.pcm, chunk.sample_rate, rate),
+        sample_rate=rate,
+        chars=chunk.chars,
+        char_start_ms=chunk.char_start_ms,
+        char_duration_ms=chunk.char_duration_ms,
+    )
 
 
 #: A context's first text longer than this is split so its head is synthesized on its own.
@@ -173,8 +194,8 @@ def alignment_for(chunk: SpeechPiece) -> Alignment | None:
         return None
     return Alignment(
         chars=chunk.chars,
-        char_start_times_ms=tuple(int(round(s)) for s in chunk.char_start_ms),
-        char_durations_ms=tuple(max(0, int(round(d))) for d in chunk.char_duration_ms),
+        char_start_times_ms=tuple(round(s) for s in chunk.char_start_ms),
+        char_durations_ms=tuple(max(0, round(d)) for d in chunk.char_duration_ms),
     )
 
 
@@ -197,7 +218,7 @@ class _Connection:
         self.send_lock = anyio.Lock()
         self.queues: dict[str | None, MemoryObjectSendStream[Synthesize | ContextEnded]] = {}
         self.wake_timer = anyio.Event()
-        self.peer = "%s:%s" % tuple(ws.remote_address[:2]) if ws.remote_address else "?"
+        self.peer = f"{ws.remote_address[0]}:{ws.remote_address[1]}" if ws.remote_address else "?"
 
     async def run(self) -> None:
         """Serve the connection until it closes. Cancelling closes the socket with 1001."""
@@ -220,7 +241,7 @@ class _Connection:
             await self._handle(events)
             self.wake_timer.set()
 
-    async def _handle(self, events: list[object]) -> None:
+    async def _handle(self, events: Sequence[object]) -> None:
         for event in events:
             if isinstance(event, ContextStarted):
                 self._start_context(event.context_id)
@@ -245,7 +266,9 @@ class _Connection:
                 log.info("closing %s: %s %s", self.peer, event.code, event.reason)
         await self._send_pending()
 
-    def _start_context(self, context_id: str | None) -> MemoryObjectSendStream[Synthesize | ContextEnded]:
+    def _start_context(
+        self, context_id: str | None
+    ) -> MemoryObjectSendStream[Synthesize | ContextEnded]:
         existing = self.queues.get(context_id)
         if existing is not None:
             return existing
@@ -260,7 +283,7 @@ class _Connection:
         queue: MemoryObjectReceiveStream[Synthesize | ContextEnded],
     ) -> None:
         """Synthesize one context's text in order; then send its final message."""
-        encoder = Encoder(self.fmt, self.server.engine.sample_rate)
+        encoder = Encoder(self.fmt, self.fmt.sample_rate)  # audio arrives resampled
         first = True
         async with queue:
             async for item in queue:
@@ -278,31 +301,38 @@ class _Connection:
                     if first:
                         self.server.stats.engine_first_chunk_s.append(time.monotonic() - started)
                     head = FIRST_FRAME_SECONDS if first else None
-                    for piece in split_chunk(chunk, MAX_FRAME_SECONDS, head_seconds=head):
-                        # encoding (resampling, mp3) runs off the event loop, like synthesis
+                    frames = split_chunk(chunk, MAX_FRAME_SECONDS, head_seconds=head)
+                    for frame in frames:
+                        # resampling and encoding run off the event loop, like synthesis
                         audio = await anyio.to_thread.run_sync(
-                            encoder.encode, piece.pcm, limiter=self.server.limiter
+                            encoder.encode, frame.pcm, limiter=self.server.limiter
                         )
-                        await self._send_audio(context_id, audio, alignment_for(piece))
+                        await self._send_audio(context_id, audio, alignment_for(frame))
                     if first:
                         self.server.stats.first_frame_sent_s.append(time.monotonic() - started)
                         first = False
                 if item.flush:
                     tail = encoder.finish()
-                    encoder = Encoder(self.fmt, self.server.engine.sample_rate)
+                    encoder = Encoder(self.fmt, self.fmt.sample_rate)
                     if tail:
                         await self._send_audio(context_id, tail, None)
 
-    async def _engine_chunks(
-        self, texts: list[str], speed: float
-    ) -> AsyncIterator[SpeechPiece]:
-        """Run the blocking engine in a worker thread, one chunk per hop."""
+    async def _engine_chunks(self, texts: list[str], speed: float) -> AsyncIterator[SpeechPiece]:
+        """Run the blocking engine in a worker thread, one chunk per hop. Each chunk comes back
+        resampled to the output rate in one piece (an engine chunk is a sentence with silence at
+        its edges), so every frame cut from it carries exactly the audio its alignment names."""
         engine = self.server.engine
+        rate = self.fmt.sample_rate
+
+        def next_chunk(chunks: Iterator[SpeechPiece]) -> SpeechPiece | None:
+            chunk = next(chunks, None)
+            return None if chunk is None else resample_piece(chunk, rate)
+
         for text in texts:
             chunks = iter(engine.synthesize(text, speed=speed))  # generators start lazily
             while True:
                 chunk = await anyio.to_thread.run_sync(
-                    next, chunks, None, limiter=self.server.limiter
+                    next_chunk, chunks, limiter=self.server.limiter
                 )
                 if chunk is None:
                     break
@@ -428,10 +458,8 @@ class LocalTTSServer:
             try:
                 fmt = parse_output_format(params.output_format)
             except ValueError as err:
-                await ws.send(
-                    '{"error": "invalid_output_format", "message": %s, "code": 1008}'
-                    % _json_str(str(err))
-                )
+                refusal = ProtocolError(str(err), code=1008, error="invalid_output_format")
+                await ws.send(json.dumps(refusal.to_frame()))
                 await ws.close(1008, "invalid output_format")
                 return
             conn = _Connection(self, ws, params, fmt, Secret(header) if header else None)
@@ -471,10 +499,6 @@ class LocalTTSServer:
         """Serve until cancelled. Cancelling closes every connection (1001)."""
         async with self:
             await anyio.sleep(math.inf)
-
-
-def _json_str(text: str) -> str:
-    return json.dumps(text)
 
 
 @asynccontextmanager

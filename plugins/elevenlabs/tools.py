@@ -10,8 +10,10 @@ import wave
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import anyio
+
 from plugins.elevenlabs.client import ElevenLabsTTS, TTSConfig
-from plugins.elevenlabs.formats import Decoder, parse_output_format
+from plugins.elevenlabs.formats import Decoder, OutputFormat, parse_output_format
 
 #: The latency tool's sentence: 121 characters.
 LATENCY_SENTENCE = (
@@ -77,20 +79,32 @@ async def say_to_file(
             audio += chunk.pcm
         ttfb = ctx.ttfb
     total = time.monotonic() - started
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / (name or output_name(text, "mp3" if raw else "wav"))
-    if raw:
-        path.write_bytes(bytes(audio))
-        decoder = Decoder(fmt)
-        seconds = len(decoder.decode(bytes(audio)) + decoder.finish()) / 2 / fmt.sample_rate
-    else:
-        with wave.open(str(path), "wb") as wav:
-            wav.setnchannels(1)
-            wav.setsampwidth(2)
-            wav.setframerate(fmt.sample_rate)
-            wav.writeframes(bytes(audio))
-        seconds = len(audio) / 2 / fmt.sample_rate
+    path, seconds = await anyio.to_thread.run_sync(
+        write_audio_file,
+        bytes(audio),
+        fmt,
+        out_dir,
+        name or output_name(text, "mp3" if raw else "wav"),
+    )
     return SayResult(path, ttfb or float("nan"), total, len(audio), seconds)
+
+
+def write_audio_file(
+    audio: bytes, fmt: OutputFormat, folder: Path, name: str
+) -> tuple[Path, float]:
+    """Write mp3 as received, anything else (decoded PCM) as WAV; return (path, seconds)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    if fmt.codec == "mp3":
+        path.write_bytes(audio)
+        decoder = Decoder(fmt)
+        return path, len(decoder.decode(audio) + decoder.finish()) / 2 / fmt.sample_rate
+    with wave.open(str(path), "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(fmt.sample_rate)
+        wav.writeframes(audio)
+    return path, len(audio) / 2 / fmt.sample_rate
 
 
 @dataclass
