@@ -339,6 +339,11 @@ class PlayoutBuffer:
         self._queue = bytearray()  # `del b[:n]` on a bytearray is amortised O(1) in CPython
         self._played = 0
         self._gain = 1.0
+        self._paused = False
+        self._position = 0  # samples read in all (padding included): the output clock
+        self._first_real: int | None = None  # output clock at the first real sample since mark
+        self._last_real_end: int | None = None  # output clock just after the last real sample
+        self._level = 0.0  # recent output RMS (decaying peak), for echo estimation
 
     # -- properties ---------------------------------------------------------------------------
 
@@ -365,6 +370,41 @@ class PlayoutBuffer:
             raise ValueError(f"gain must be between 0.0 and 1.0, got {value!r}")
         with self._lock:
             self._gain = float(value)
+
+    @property
+    def paused(self) -> bool:
+        """While paused, `read` plays silence and keeps the queue: nothing is lost or counted."""
+        return self._paused
+
+    @paused.setter
+    def paused(self, value: bool) -> None:
+        with self._lock:
+            self._paused = bool(value)
+
+    @property
+    def position(self) -> int:
+        """The output clock: samples handed to the consumer so far, silence padding included."""
+        with self._lock:
+            return self._position
+
+    @property
+    def first_played_position(self) -> int | None:
+        """Output clock at the first real sample read since the last `mark()` (None: none yet)."""
+        with self._lock:
+            return self._first_real
+
+    @property
+    def output_level(self) -> float:
+        """Recent output loudness (RMS, int16 scale): a peak that decays over ~100 ms of reads.
+        The echo guard compares the microphone with it."""
+        return self._level
+
+    @property
+    def last_played_end(self) -> int | None:
+        """Output clock right after the last real sample read (ever): where the output went
+        silent, if nothing real has been read since."""
+        with self._lock:
+            return self._last_real_end
 
     # -- producer side (event loop) -------------------------------------------------------------
 
@@ -402,9 +442,10 @@ class PlayoutBuffer:
         return dropped
 
     def mark(self) -> None:
-        """Restart the `samples_played` count from zero."""
+        """Restart the `samples_played` count (and `first_played_position`) from zero."""
         with self._lock:
             self._played = 0
+            self._first_real = None
 
     async def drain(self) -> None:
         """Wait until the consumer has read everything queued.
@@ -426,20 +467,30 @@ class PlayoutBuffer:
     def read(self, n_samples: int) -> bytes:
         """Take `n_samples` samples, padded with silence if fewer are queued. Never blocks.
 
-        Only real samples count towards `samples_played`. The current `gain` is applied.
+        Only real samples count towards `samples_played`. The current `gain` is applied. While
+        `paused`, returns silence and leaves the queue as it is.
         """
         if n_samples < 0:
             raise ValueError(f"n_samples must be >= 0, got {n_samples}")
         n_bytes = n_samples * SAMPLE_WIDTH
         with self._lock:
-            take = min(n_bytes, len(self._queue))
+            take = 0 if self._paused else min(n_bytes, len(self._queue))
             chunk = bytes(self._queue[:take])
             del self._queue[:take]
-            self._played += take // SAMPLE_WIDTH
+            real = take // SAMPLE_WIDTH
+            self._played += real
+            if real:
+                if self._first_real is None:
+                    self._first_real = self._position
+                self._last_real_end = self._position + real
+            self._position += n_samples
             gain = self._gain
         if gain != 1.0 and chunk:
             scaled = pcm_to_array(chunk).astype(np.float32) * np.float32(gain)
             chunk = np.rint(scaled).astype("<i2").tobytes()
+        rms = float(np.sqrt(np.mean(pcm_to_array(chunk).astype(np.float32) ** 2))) if chunk else 0.0
+        decay = 0.7 ** (n_samples / (0.02 * self.sample_rate)) if n_samples else 1.0
+        self._level = max(rms * take / max(1, n_bytes), self._level * decay)
         if take < n_bytes:
             chunk += bytes(n_bytes - take)
         return chunk

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import anyio
 
+from agent.errors import VoxloopError, unwrap
 from agent.interfaces import LLM, TTS, AudioOutput, ChatMessage, TTSStream
 from agent.llm_errors import LLMError
 from agent.metrics import TurnMetrics
@@ -50,6 +51,7 @@ class SessionHooks:
 
     on_text_sent: Callable[[str], None] | None = None
     on_turn_end: Callable[[TurnResult], None] | None = None
+    on_first_token: Callable[[], None] | None = None
     on_first_audio: Callable[[], None] | None = None
 
 
@@ -117,12 +119,24 @@ class Session:
                 result.interrupted = True
                 metrics.interrupted_at = time.monotonic()
         except BaseException as err:
-            # outside cancellation, or a failure of TTS / output: clean up, then re-raise
+            # A failure that names its cause (VoxloopError: the TTS socket lost mid-turn, an
+            # output error) ends the turn: error recorded, what was heard kept, the session
+            # lives on. Outside cancellation and anything else: clean up, then re-raise.
+            named: BaseException | None = err if isinstance(err, VoxloopError) else None
+            if isinstance(err, BaseExceptionGroup):
+                match, rest = err.split(VoxloopError)
+                named = unwrap(match.exceptions[0]) if match is not None and rest is None else None
             result.interrupted = True
             result.error = err if not isinstance(err, anyio.get_cancelled_exc_class()) else None
+            if named is not None:
+                result.error = named
+                metrics.error = str(named)
+                log.warning("turn %d: ended early: %s", metrics.turn, named)
             await self._cleanup(stream)
             self._finish(result, stream, spoken)
-            raise
+            if named is None:
+                raise
+            return result
         finally:
             self._scope = None
         if result.interrupted:
@@ -147,6 +161,8 @@ class Session:
                     now = time.monotonic()
                     if metrics.first_token is None:
                         metrics.first_token = now
+                        if self.hooks.on_first_token is not None:
+                            self.hooks.on_first_token()
                     metrics.last_token = now
                     metrics.deltas += 1
                     full.append(delta)

@@ -24,3 +24,29 @@ def piper_engine() -> Any:
     from plugins.local.piper_tts import PiperEngine
 
     return PiperEngine.load()
+
+
+@pytest.fixture(scope="session")
+def whisper_stt() -> Any:
+    """The embedded whisper tiny.en, loaded once for the whole run."""
+    from plugins.local.whisper_stt import WhisperSTT
+
+    stt = WhisperSTT()
+    stt.load()
+    return stt
+
+
+@pytest.fixture(scope="session")
+def speak16k(piper_engine: Any) -> Any:
+    """Piper speech as 16 kHz PCM16 (the scripted user's voice in timeline tests)."""
+    from agent.audio import resample
+
+    cache: dict[str, bytes] = {}
+
+    def speak(text: str) -> bytes:
+        if text not in cache:
+            pcm = b"".join(c.pcm for c in piper_engine.synthesize(text))
+            cache[text] = resample(pcm, piper_engine.sample_rate, 16000)
+        return cache[text]
+
+    return speak

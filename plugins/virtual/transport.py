@@ -78,6 +78,8 @@ class VirtualTransport:
         max_output_seconds: float = 2.0,
         max_record_s: float = 600.0,
         mic_queue_blocks: int = 50,
+        echo_gain: float = 0.0,
+        echo_delay_ms: int = 40,
     ) -> None:
         if block_ms <= 0 or sample_rate * block_ms % 1000:
             raise ValueError(
@@ -98,6 +100,9 @@ class VirtualTransport:
         self._mic_delivered = 0  # samples of mic audio delivered (= the shared clock)
         self._record_in = bytearray()
         self._record_out = bytearray()
+        # Speaker-to-mic bleed, as on a laptop without an echo canceller (0 = headphones).
+        self.echo_gain = echo_gain
+        self._echo_delay = round(echo_delay_ms * sample_rate / 1000)
         self.recording_truncated = False
         self.mic_overruns = 0
         self._waiters: list[tuple[int, anyio.Event]] = []
@@ -260,6 +265,8 @@ class VirtualTransport:
     def _capture_mic_block(self) -> AudioFrame:
         """Tick step 2: mic block `_tick - 2` (just captured) advances the clock."""
         pcm = self._mic_block(self._mic_delivered)
+        if self.echo_gain:
+            pcm = self._add_echo(pcm, self._mic_delivered)
         self._record(self._record_in, pcm)
         self._mic_delivered += self.block_samples
         self._wake_waiters()
@@ -299,6 +306,17 @@ class VirtualTransport:
             else:
                 remaining.append((target, event))
         self._waiters = remaining
+
+    def _add_echo(self, pcm: bytes, start: int) -> bytes:
+        """Mix what the speaker played ``echo_delay_ms`` earlier into this mic block."""
+        lo = max(0, start - self._echo_delay) * SAMPLE_WIDTH
+        played = bytes(self._record_out[lo : lo + len(pcm)])
+        if not played or start < self._echo_delay:
+            return pcm
+        echo = pcm_to_array(played).astype(np.float32) * np.float32(self.echo_gain)
+        mixed = pcm_to_array(pcm).astype(np.float32)
+        mixed[: len(echo)] += echo
+        return np.clip(np.rint(mixed), -32768, 32767).astype("<i2").tobytes()
 
     def _record(self, recording: bytearray, pcm: bytes) -> None:
         room = self._max_record_bytes - len(recording)
