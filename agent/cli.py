@@ -37,6 +37,16 @@ def _voice_default() -> str:
     return DEFAULT_VOICE_ID
 
 
+def _output_format(name: str) -> str:
+    """argparse type: an output_format the protocol knows (the error lists the supported)."""
+    from plugins.elevenlabs.formats import parse_output_format
+
+    try:
+        return parse_output_format(name).name
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def _add_tts_options(p: argparse.ArgumentParser, default_format: str) -> None:
     p.add_argument(
         "--tts-url",
@@ -54,6 +64,7 @@ def _add_tts_options(p: argparse.ArgumentParser, default_format: str) -> None:
     )
     p.add_argument(
         "--format",
+        type=_output_format,
         default=default_format,
         help="output_format, e.g. mp3_44100_128, pcm_16000, ulaw_8000 (default: %(default)s)",
     )
@@ -225,9 +236,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8766, help="port (default: %(default)s)")
     p.set_defaults(handler=cmd_llm_server)
 
-    from agent import chat
+    from agent import chat, demo, live
 
     chat.register(sub)
+    live.register(sub)
+    demo.register(sub)
     return parser
 
 

@@ -93,3 +93,22 @@ async def llm_endpoint(
         progress("no OPENAI_API_KEY: starting the local LLM server (SmolLM2-135M, llama.cpp)")
     async with LocalLLMServer(progress=progress) as server:
         yield Endpoint(server.base_url, None, local=True, handle=server)
+
+
+async def load_stt(url: str | None = None, *, progress: Progress | None = None) -> Any:
+    """The STT: an OpenAI-compatible transcription endpoint when ``url`` is given or
+    $OPENAI_API_KEY is set, else the embedded faster-whisper tiny.en (loaded here, once)."""
+    key = os.environ.get("OPENAI_API_KEY") or None
+    if url or key:
+        from plugins.openai.stt import OpenAISTT
+
+        if progress:
+            progress(f"STT: OpenAI-compatible transcription at {url or 'the OpenAI service'}")
+        return OpenAISTT(base_url=url, api_key=key)
+    import anyio
+
+    from plugins.local.whisper_stt import WhisperSTT
+
+    stt = WhisperSTT(progress=progress)
+    await anyio.to_thread.run_sync(stt.load)
+    return stt

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from agent.audio import AudioDeviceError
 from agent.llm_errors import LLMError
 
 
@@ -19,7 +20,7 @@ def unwrap(err: BaseException) -> BaseException:
 def describe_error(err: BaseException) -> str | None:
     """One line for an error the user can act on; None for a bug (show the traceback)."""
     leaf = unwrap(err)
-    if isinstance(leaf, VoxloopError | LLMError):
+    if isinstance(leaf, VoxloopError | LLMError | AudioDeviceError):
         return str(leaf)
     if isinstance(leaf, ConnectionRefusedError):
         return f"connection refused ({leaf}): is the server running and the URL right?"

@@ -178,7 +178,10 @@ class TurnMetrics:
 
 _MARK_SET = frozenset(MARKS)
 assert _MARK_SET == {f.name for f in fields(TurnMetrics)} - {
-    "turn", "deltas", "text_pieces", "error"
+    "turn",
+    "deltas",
+    "text_pieces",
+    "error",
 }
 
 

@@ -110,14 +110,26 @@ class VoiceAgent:
             self.on_status(state, detail)
 
     @property
+    def idle(self) -> bool:
+        """Nobody speaking, no turn running or queued, nothing left to play."""
+        done = self._turn_done is None or self._turn_done.is_set()
+        return (
+            done
+            and self._turn_scope is None
+            and not self.detector.is_speaking
+            and self.playout.pending_samples == 0
+        )
+
+    @property
     def agent_has_floor(self) -> bool:
         """A turn is running (thinking or speaking) or its audio is still queued."""
         return self._turn_scope is not None or self.playout.pending_samples > 0
 
     # -- the loop -----------------------------------------------------------------------------
 
-    async def run(self) -> ConversationLog:
-        """Listen and answer until the microphone ends; then let the last turn finish.
+    async def run(self, until: anyio.Event | None = None) -> ConversationLog:
+        """Listen and answer until the microphone ends (or ``until`` is set: a hang-up); a turn
+        still running then is cancelled, with what was heard kept in the history.
 
         Cancelling stops listening and cancels the running turn (its cleanup is shielded).
         """
@@ -126,6 +138,8 @@ class VoiceAgent:
             self._tg = tg
             async for frame in self.transport.mic_frames():
                 self.handle_frame(frame)
+                if until is not None and until.is_set():
+                    break
             self._hang_up()
             if self._turn_done is not None:
                 await self._turn_done.wait()
@@ -215,6 +229,10 @@ class VoiceAgent:
                 transcript = await self.stt.transcribe(event.audio.pcm, event.audio.sample_rate)
                 record.transcript = transcript.text.strip()
                 record.transcript_ready = self.now()
+                record.durations_ms["end_of_turn_wait"] = round(
+                    (event.t_confirmed - event.t_end) * 1000, 2
+                )
+                record.durations_ms["stt_compute"] = round(transcript.compute_seconds * 1000, 2)
                 self.log.segments[self._user_segment(record)].text = record.transcript
                 if len(record.transcript) < self.config.min_transcript_chars:
                     record.error = "nothing understood"
@@ -247,10 +265,10 @@ class VoiceAgent:
         record.interrupted = record.interrupted or result.interrupted
         if result.error is not None:
             record.error = str(result.error)
-        record.durations_ms = {
-            k: None if v is None else round(v * 1000, 2)
+        record.durations_ms.update(
+            (k, None if v is None else round(v * 1000, 2))
             for k, v in result.metrics.durations().items()
-        }
+        )
         record.first_audio_played = self._output_time(self.playout.first_played_position)
         end = self._output_time(self.playout.last_played_end)
         if record.interrupted and record.output_silent is not None:

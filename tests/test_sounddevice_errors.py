@@ -52,9 +52,9 @@ def test_this_machine_gets_a_clear_message() -> None:
     if state == "no-portaudio":
         with pytest.raises(AudioDeviceError, match="libportaudio2") as info:
             list_devices()
-        assert "--out" in str(info.value)
+        assert "voxloop chat --out" in str(info.value)
     elif state == "no-device":
-        with pytest.raises(AudioDeviceError, match=r"no audio input device.*--out"):
+        with pytest.raises(AudioDeviceError, match=r"no audio input device.*voxloop chat --out"):
             resolve_device(None, "input")
         assert "no audio devices" in list_devices()
     else:
@@ -273,7 +273,7 @@ def test_device_errors_list_the_choices(fake_sd: FakeSoundDevice) -> None:
 def test_no_input_device_says_to_use_files(monkeypatch: pytest.MonkeyPatch) -> None:
     fake = FakeSoundDevice([device("Speakers", 0, 2)], default=(-1, 0))
     monkeypatch.setattr(sd_transport, "load_sounddevice", lambda: fake)
-    with pytest.raises(AudioDeviceError, match=r"no audio input device.*--out to write to files"):
+    with pytest.raises(AudioDeviceError, match=r"no audio input device.*voxloop chat --out output/"):
         resolve_device(None, "input")
 
 

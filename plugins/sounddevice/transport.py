@@ -43,11 +43,12 @@ Kind = Literal["input", "output"]
 _NO_DEVICE_HINT = {
     "input": (
         "no audio input device found (PortAudio lists none). Connect a microphone, or run "
-        "without one: use --out to write to files, or a WAV file as input"
+        "without one: `voxloop chat --out output/` (typed input, answers written to files) "
+        "or `voxloop demo` (a scripted user)"
     ),
     "output": (
         "no audio output device found (PortAudio lists none). Connect a speaker, or run "
-        "without one: use --out to write to files"
+        "without one: `voxloop chat --out output/` writes the answers to files"
     ),
 }
 
@@ -59,15 +60,16 @@ def load_sounddevice() -> ModuleType:
     except ImportError as exc:
         raise AudioDeviceError(
             "the sounddevice package is not installed: pip install 'voxloop[audio]' "
-            "(or pip install sounddevice). Or run without audio devices: use --out to write "
-            "to files"
+            "(or pip install sounddevice). Or run without audio devices: "
+            "`voxloop chat --out output/` writes the answers to files"
         ) from exc
     except OSError as exc:
         raise AudioDeviceError(
             f"PortAudio, the system audio library sounddevice needs, is missing ({exc}). "
             "Install it: `sudo apt-get install libportaudio2` (Debian/Ubuntu), "
             "`sudo dnf install portaudio` (Fedora), `brew install portaudio` (macOS). "
-            "Or run without audio devices: use --out to write to files"
+            "Or run without audio devices: `voxloop chat --out output/` writes the answers "
+            "to files"
         ) from exc
 
 

@@ -1,0 +1,228 @@
+"""`voxloop demo`: an offline conversation with a barge-in, on the embedded defaults.
+
+It starts the local servers (TTS, LLM) and the local STT, then plays a scripted user through
+the virtual transport in real time: the user speaks after each answer, and once cuts the agent
+off mid-answer. Everything the microphone and the speaker carried is recorded on one sample
+clock, and `output/demo/` receives `conversation.wav` (user left, agent right), a transcript,
+`metrics.json` and `timeline.png`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import anyio
+
+from agent.chat import AgentSettings, make_llm, make_tts
+from agent.compose import Progress, llm_endpoint, load_stt, stderr_progress, tts_endpoint
+from agent.conversation import ConversationLog
+from agent.session import Session
+from agent.vad import VadConfig
+from agent.voice_agent import VoiceAgent, VoiceAgentConfig
+
+RATE = 16000
+WAIT_LIMIT_S = 90.0  # the longest the scripted user waits for the agent before giving up
+
+
+@dataclass(frozen=True)
+class UserLine:
+    """One scripted user turn. ``when``: speak once the agent has finished answering
+    ("after_answer"), or cut in after the agent has been audible for ``after_s`` ("interrupt")."""
+
+    text: str
+    when: Literal["after_answer", "interrupt"] = "after_answer"
+    after_s: float = 0.8
+
+
+DEMO_SCRIPT: tuple[UserLine, ...] = (
+    UserLine("Hello! What is the capital of France?"),
+    UserLine("Tell me a long story about a brave little dragon."),
+    UserLine("Sorry to cut in. What is two plus two?", when="interrupt", after_s=3.0),
+    UserLine("Thank you, that is all for today."),
+)
+
+DEMO_PROMPT = (
+    "You are a friendly voice assistant. Answer in one or two short sentences, except when "
+    "asked for a story."
+)
+
+
+@dataclass
+class DemoResult:
+    log: ConversationLog
+    files: dict[str, Path]
+    history: list[Any]
+
+
+class ScriptedUser:
+    """Speaks `lines` into a virtual transport, reacting to what the agent does."""
+
+    def __init__(
+        self,
+        transport: Any,
+        agent: VoiceAgent,
+        lines: Sequence[UserLine],
+        voices: Sequence[bytes],
+        progress: Progress | None = None,
+    ) -> None:
+        self.transport = transport
+        self.agent = agent
+        self.lines = lines
+        self.voices = voices
+        self.progress = progress
+
+    async def _until(self, condition: Any, what: str) -> None:
+        with anyio.move_on_after(WAIT_LIMIT_S) as scope:
+            while not condition():  # checked once per audio block of the transport's clock
+                await self.transport.wait_until(self.transport.clock_seconds + 0.02)
+        if scope.cancelled_caught:
+            raise TimeoutError(f"the demo's user waited {WAIT_LIMIT_S:.0f} s for {what}")
+
+    def _agent_audible_for(self) -> float:
+        first = self.agent.playout.first_played_position
+        if first is None or self.agent._turn_scope is None:
+            return 0.0
+        return (self.agent.playout.position - first) / RATE
+
+    async def play(self) -> None:
+        """Speak every line, then wait for the last answer. Cancelling stops the script."""
+        for i, (line, pcm) in enumerate(zip(self.lines, self.voices, strict=True)):
+            if line.when == "interrupt":
+                await self._until(
+                    lambda after=line.after_s: self._agent_audible_for() >= after,
+                    "the agent to speak",
+                )
+            else:
+                await self._until(
+                    lambda n=i: len(self.agent.log.turns) >= n and self.agent.idle,
+                    "the agent to finish",
+                )
+                await anyio.sleep(line.after_s)
+            if self.progress:
+                self.progress(f"user says: {line.text!r}")
+            self.transport.inject(pcm)
+            await self.transport.wait_until(self.transport.clock_seconds + len(pcm) / 2 / RATE)
+        await self._until(
+            lambda: len(self.agent.log.turns) >= len(self.lines) and self.agent.idle,
+            "the last answer",
+        )
+        await anyio.sleep(0.5)
+
+
+async def run_demo(
+    out_dir: Path,
+    *,
+    lines: Sequence[UserLine] = DEMO_SCRIPT,
+    settings: AgentSettings | None = None,
+    stt_url: str | None = None,
+    progress: Progress | None = None,
+    echo_gain: float = 0.0,
+) -> DemoResult:
+    """Run the scripted conversation and write the reports. Cancelling stops it (servers and
+    models are shut down by their context managers)."""
+    from agent.report import turn_table, write_all
+    from agent.user_voice import synthesize_user_lines
+    from plugins.local.piper_tts import PiperEngine
+    from plugins.virtual.transport import VirtualTransport
+
+    settings = settings or AgentSettings(system_prompt=DEMO_PROMPT, max_tokens=90)
+    say = progress or (lambda _m: None)
+    say("preparing the scripted user's voice")
+    engine = await anyio.to_thread.run_sync(lambda: PiperEngine.load(progress=progress))
+    voices = await anyio.to_thread.run_sync(
+        lambda: synthesize_user_lines([line.text for line in lines], engine, sample_rate=RATE)
+    )
+    stt = await load_stt(stt_url, progress=progress)
+    transport = VirtualTransport(
+        RATE, block_ms=20, realtime=True, echo_gain=echo_gain, max_output_seconds=2.0
+    )
+    async with (
+        llm_endpoint(settings.llm_url, progress=progress) as llm_ep,
+        tts_endpoint(settings.tts_url, progress=progress) as tts_ep,
+    ):
+        say(f"LLM: {llm_ep.describe()}")
+        say(f"TTS: {tts_ep.describe()}")
+        async with make_llm(settings, llm_ep) as llm, make_tts(settings, tts_ep, RATE) as tts:
+            session = Session(llm, tts, transport.output, sentence_mode=settings.sentence_mode)
+
+            def status(state: str, detail: str) -> None:
+                say(f"agent: {state}{' (' + detail + ')' if detail else ''}")
+
+            agent = VoiceAgent(
+                session,
+                stt,
+                transport,
+                on_status=status,
+                config=VoiceAgentConfig(vad=VadConfig(min_silence_ms=500)),
+            )
+            user = ScriptedUser(transport, agent, lines, voices, progress)
+            done = anyio.Event()
+            say("conversation starts (real time)")
+            async with transport.running(), anyio.create_task_group() as tg:
+
+                async def script() -> None:
+                    try:
+                        await user.play()
+                    finally:
+                        done.set()
+
+                tg.start_soon(script)
+                log = await agent.run(until=done)
+    log.notes["script"] = [line.text for line in lines]
+    files = await anyio.to_thread.run_sync(
+        write_all, out_dir, log, transport.recorded_input(), transport.recorded_output()
+    )
+    print(turn_table(log))
+    return DemoResult(log, files, list(session.history))
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Run the offline demo."""
+    progress = stderr_progress("demo")
+    out_dir = Path(args.out)
+    settings = AgentSettings(
+        llm_url=args.llm_url, tts_url=args.tts_url, system_prompt=DEMO_PROMPT, max_tokens=90
+    )
+    result = anyio.run(
+        lambda: run_demo(out_dir, settings=settings, progress=progress, echo_gain=args.echo)
+    )
+    print()
+    for name, path in result.files.items():
+        print(f"  {name:<12} {path}")
+    interrupted = [t for t in result.log.turns if t.interrupted]
+    print(
+        f"\n{len(result.log.turns)} user turns, {len(interrupted)} interrupted; "
+        f"open {result.files.get('timeline', out_dir)} to see the conversation."
+    )
+    sys.stdout.flush()
+    return 0
+
+
+def register(sub: Any) -> None:
+    """Add `demo` to the CLI's subcommands."""
+    p = sub.add_parser(
+        "demo",
+        help="an offline conversation with a barge-in; writes output/demo/",
+        description="Starts the local TTS and LLM servers and the local STT, plays a scripted "
+        "user in real time (four turns, one of which cuts the agent off), and writes "
+        "conversation.wav (user left, agent right), transcript.md, metrics.json and "
+        "timeline.png. Needs no network and no keys; takes about a minute.",
+    )
+    p.add_argument(
+        "--out", default="output/demo", help="folder for the files (default: %(default)s)"
+    )
+    p.add_argument("--llm-url", help="use this OpenAI-compatible server instead of the local one")
+    p.add_argument("--tts-url", help="use this ElevenLabs-protocol server instead of the local one")
+    p.add_argument(
+        "--echo",
+        type=float,
+        default=0.0,
+        metavar="GAIN",
+        help="simulate speaker-to-mic echo at this gain (e.g. 0.3) to see the echo guard",
+    )
+    p.set_defaults(handler=cmd_demo)

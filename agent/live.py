@@ -1,0 +1,147 @@
+"""`voxloop run`: a spoken conversation on this machine's microphone and speaker, and
+`voxloop devices` to list them.
+
+Without an echo canceller the agent hears itself through the speaker; the echo guard (on by
+default) keeps it from interrupting itself, but headphones work best: then `--no-echo-guard`
+lets the quietest interruption through.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import anyio
+
+from agent.bargein import BargeInConfig
+from agent.chat import AgentSettings, add_agent_options, make_llm, make_tts, settings_from
+from agent.compose import llm_endpoint, load_stt, stderr_progress, tts_endpoint
+from agent.conversation import TurnRecord
+from agent.session import Session
+from agent.vad import VadConfig
+from agent.voice_agent import VoiceAgent, VoiceAgentConfig
+
+RATE = 16000
+
+
+def _ms(value: float | None) -> str:
+    return "—" if value is None else f"{value:.0f} ms"
+
+
+def turn_line(record: TurnRecord) -> str:
+    """The per-turn latency line shown live."""
+    d = record.durations_ms
+    parts = [
+        f"turn {record.index}",
+        f"voice-to-voice {_ms(record.voice_to_voice_ms)}",
+        f"stt {_ms(d.get('stt_compute'))}",
+        f"llm first token {_ms(d.get('ttft'))}",
+        f"tts first byte {_ms(d.get('ttfb'))}",
+    ]
+    if record.interrupted and record.barge_in_reaction_ms is not None:
+        parts.append(f"barge-in stop {_ms(record.barge_in_reaction_ms)}")
+    return " · ".join(parts)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """A conversation on mic and speaker."""
+    from plugins.sounddevice import SoundDeviceTransport
+
+    settings: AgentSettings = settings_from(args)
+    progress = stderr_progress("run")
+
+    def status(state: str, detail: str) -> None:
+        print(f"\r[{state}{': ' + detail if detail else ''}]".ljust(60), end="", flush=True)
+
+    def on_turn(record: TurnRecord) -> None:
+        print()
+        if record.transcript:
+            print(f"you:   {record.transcript}")
+        if record.heard_text:
+            cut = " [interrupted]" if record.interrupted else ""
+            print(f"agent: {record.heard_text}{cut}")
+        print(f"  ({turn_line(record)})", flush=True)
+
+    async def main() -> None:
+        transport = SoundDeviceTransport(
+            RATE, block_ms=20, input_device=args.input, output_device=args.output
+        )
+        async with transport.running():  # devices first: a missing one fails in a second
+            stt = await load_stt(args.stt_url, progress=progress)
+            async with (
+                llm_endpoint(settings.llm_url, progress=progress) as llm_ep,
+                tts_endpoint(settings.tts_url, progress=progress) as tts_ep,
+                make_llm(settings, llm_ep) as llm,
+                make_tts(settings, tts_ep, RATE) as tts,
+            ):
+                session = Session(llm, tts, transport.output, sentence_mode=settings.sentence_mode)
+                config = VoiceAgentConfig(
+                    vad=VadConfig(
+                        min_silence_ms=args.end_of_turn_ms, aggressiveness=args.vad_aggressiveness
+                    ),
+                    bargein=BargeInConfig(
+                        echo_guard=not args.no_echo_guard, enabled=not args.no_barge_in
+                    ),
+                )
+                agent = VoiceAgent(
+                    session, stt, transport, config=config, on_status=status, on_turn=on_turn
+                )
+                print("Speak now (Ctrl-C to stop).", flush=True)
+                await agent.run()
+
+    try:
+        anyio.run(main)
+    except KeyboardInterrupt:
+        print("\nbye")
+    return 0
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    """List audio devices."""
+    from plugins.sounddevice import list_devices
+
+    print(list_devices())
+    return 0
+
+
+def register(sub: Any) -> None:
+    """Add `run` and `devices` to the CLI's subcommands."""
+    p = sub.add_parser(
+        "run",
+        help="talk with the agent on your microphone and speaker",
+        description="A spoken conversation: the agent listens (webrtcvad), transcribes the end "
+        "of each turn, answers as the LLM streams, and stops the moment you speak over it. "
+        "Headphones work best; the echo guard handles laptop speakers.",
+    )
+    add_agent_options(p)
+    p.add_argument(
+        "--stt-url",
+        help="OpenAI-compatible transcription server (default: the "
+        "OpenAI service with OPENAI_API_KEY, else the local whisper tiny.en)",
+    )
+    p.add_argument("--input", help="microphone: index or part of its name (see voxloop devices)")
+    p.add_argument("--output", help="speaker: index or part of its name")
+    p.add_argument(
+        "--end-of-turn-ms",
+        type=int,
+        default=500,
+        help="silence that ends your turn; lower is snappier, higher lets you pause "
+        "mid-sentence (default: %(default)s)",
+    )
+    p.add_argument(
+        "--vad-aggressiveness",
+        type=int,
+        default=2,
+        choices=range(4),
+        help="webrtcvad mode 0-3: higher rejects more noise (default: %(default)s)",
+    )
+    p.add_argument(
+        "--no-echo-guard",
+        action="store_true",
+        help="with headphones: let even quiet interruptions through",
+    )
+    p.add_argument("--no-barge-in", action="store_true", help="never interrupt the agent")
+    p.set_defaults(handler=cmd_run)
+
+    p = sub.add_parser("devices", help="list microphones and speakers")
+    p.set_defaults(handler=cmd_devices)
