@@ -40,12 +40,14 @@ class UserLine:
 
 
 DEMO_SCRIPT: tuple[UserLine, ...] = (
-    UserLine("Hello! What is the capital of France?"),
+    UserLine("Hello! What color is the sky on a clear day?"),
     UserLine("Tell me a long story about a brave little dragon."),
-    UserLine("Sorry to cut in. What is two plus two?", when="interrupt", after_s=3.0),
+    UserLine("Sorry to cut in. How many days are in a week?", when="interrupt", after_s=3.0),
     UserLine("Thank you, that is all for today."),
 )
 
+# SmolLM2-135M is a very small model: simple, concrete questions get sensible English answers
+# (it drifts into French at any mention of France).
 DEMO_PROMPT = (
     "You are a friendly voice assistant. Answer in one or two short sentences, except when "
     "asked for a story."
@@ -83,18 +85,12 @@ class ScriptedUser:
         if scope.cancelled_caught:
             raise TimeoutError(f"the demo's user waited {WAIT_LIMIT_S:.0f} s for {what}")
 
-    def _agent_audible_for(self) -> float:
-        first = self.agent.playout.first_played_position
-        if first is None or self.agent._turn_scope is None:
-            return 0.0
-        return (self.agent.playout.position - first) / RATE
-
     async def play(self) -> None:
         """Speak every line, then wait for the last answer. Cancelling stops the script."""
         for i, (line, pcm) in enumerate(zip(self.lines, self.voices, strict=True)):
             if line.when == "interrupt":
                 await self._until(
-                    lambda after=line.after_s: self._agent_audible_for() >= after,
+                    lambda after=line.after_s: self.agent.speaking_for() >= after,
                     "the agent to speak",
                 )
             else:

@@ -120,6 +120,14 @@ class VoiceAgent:
             and self.playout.pending_samples == 0
         )
 
+    def speaking_for(self) -> float:
+        """Seconds the current turn's answer has been audible (0 before its first sample)."""
+        record = self._record
+        first = self.playout.first_played_position
+        if record is None or record.first_audio_byte is None or first is None:
+            return 0.0
+        return (self.playout.position - first) / self.playout.sample_rate
+
     @property
     def agent_has_floor(self) -> bool:
         """A turn is running (thinking or speaking) or its audio is still queued."""

@@ -273,7 +273,7 @@ def test_device_errors_list_the_choices(fake_sd: FakeSoundDevice) -> None:
 def test_no_input_device_says_to_use_files(monkeypatch: pytest.MonkeyPatch) -> None:
     fake = FakeSoundDevice([device("Speakers", 0, 2)], default=(-1, 0))
     monkeypatch.setattr(sd_transport, "load_sounddevice", lambda: fake)
-    with pytest.raises(AudioDeviceError, match=r"no audio input device.*voxloop chat --out output/"):
+    with pytest.raises(AudioDeviceError, match=r"no audio input device.*voxloop chat --out"):
         resolve_device(None, "input")
 
 

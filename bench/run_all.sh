@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Every benchmark in turn: each prints a table and writes JSON to bench/results/.
+# (`./dev.sh bench` runs this after set-up.) Takes a few minutes; the soak runs separately:
+#   python -m bench.soak --minutes 30
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export HF_HUB_OFFLINE=1
+python -m bench.tts_latency --trials 30
+python -m bench.turn_pipeline
+python -m bench.bargein --episodes 10
+python -m bench.voice_to_voice

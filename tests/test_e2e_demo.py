@@ -1,0 +1,58 @@
+"""End to end with every real local engine: a short demo conversation with a barge-in.
+
+Local TTS server (piper), local LLM server (llama.cpp + SmolLM2), local STT (whisper tiny.en),
+VAD, the virtual transport in real time, and the reports written to disk.
+"""
+
+from __future__ import annotations
+
+import json
+import wave
+from pathlib import Path
+
+import pytest
+
+from agent.demo import UserLine, run_demo
+from agent.textmetrics import wer
+
+pytestmark = [pytest.mark.anyio, pytest.mark.engines]
+
+LINES = (
+    UserLine("Hello! What color is the sky on a clear day?"),
+    UserLine("Tell me a long story about a brave little dragon."),
+    UserLine("Sorry to cut in. How many days are in a week?", when="interrupt", after_s=2.0),
+)
+
+
+async def test_short_demo_conversation(tmp_path: Path) -> None:
+    result = await run_demo(tmp_path, lines=LINES)
+    turns = result.log.turns
+    assert len(turns) == 3, [t.transcript for t in turns]
+    # the user was understood
+    for line, turn in zip(LINES, turns, strict=True):
+        assert wer(line.text, turn.transcript) < 0.15, (line.text, turn.transcript)
+    # the agent answered every turn; the story was cut off
+    assert turns[0].heard_text and not turns[0].interrupted
+    story = turns[1]
+    assert story.interrupted and story.heard_text
+    assert len(story.heard_text) < len(story.agent_text)
+    assert turns[2].heard_text and not turns[2].interrupted
+    # within the barge-in target: VAD onset -> output silent
+    assert story.barge_in_reaction_ms is not None and story.barge_in_reaction_ms <= 100
+    # the history holds the cut answer, marked
+    assistant = [m for m in result.history if m.role == "assistant"]
+    cut = [m for m in assistant if m.interrupted]
+    assert len(cut) == 1 and cut[0].content == story.heard_text
+    check_reports(result.files)
+
+
+def check_reports(files: dict[str, Path]) -> None:
+    result_files = files
+    with wave.open(str(result_files["audio"])) as wav:
+        assert wav.getnchannels() == 2 and wav.getframerate() == 16000
+        assert wav.getnframes() / 16000 > 5
+    metrics = json.loads(Path(result_files["metrics"]).read_text())
+    assert len(metrics["turns"]) == 3
+    transcript = Path(result_files["transcript"]).read_text()
+    assert "interrupted" in transcript
+    assert Path(result_files["timeline"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
