@@ -23,6 +23,7 @@ DEFAULT_SYSTEM_PROMPT = (
     "You are a friendly voice assistant. Answer in one or two short, plain sentences."
 )
 LOCAL_MODEL = "smollm2-135m-instruct"
+AGENT_SCHEDULE = (50, 120, 160, 250)
 REMOTE_MODEL = "gpt-4o-mini"
 
 
@@ -103,11 +104,15 @@ def make_llm(settings: AgentSettings, ep: Endpoint) -> Any:
 def make_tts(settings: AgentSettings, ep: Endpoint, sample_rate: int) -> Any:
     """The ElevenLabs-protocol TTS connection for an endpoint, producing PCM at ``sample_rate``."""
     from plugins.elevenlabs.client import DEFAULT_VOICE_ID, ElevenLabsTTS, TTSConfig
+    from plugins.elevenlabs.protocol import GenerationConfig
 
     config = TTSConfig(
         voice_id=settings.voice or DEFAULT_VOICE_ID,
         model_id=settings.tts_model,
         output_format=f"pcm_{sample_rate}",
+        # A conversational turn wants its first words fast: start generating at 50 buffered
+        # characters (the protocol's minimum) instead of 120; the flush ends each turn anyway.
+        generation_config=GenerationConfig(chunk_length_schedule=AGENT_SCHEDULE),
     )
     return ElevenLabsTTS(config, api_key=ep.api_key, base_url=ep.url)
 

@@ -121,6 +121,7 @@ def write_stereo_wav(path: str | Path, user_pcm: bytes, agent_pcm: bytes, sample
     stereo[: user.size, 0] = user
     stereo[: agent.size, 1] = agent
     out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
     write_wav(out, stereo.tobytes(), sample_rate, channels=2)
     return out
 

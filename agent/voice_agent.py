@@ -15,6 +15,7 @@ on one clock.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -77,7 +78,10 @@ class VoiceAgent:
         self.transport = transport
         self.playout = transport.playout
         self.config = config or VoiceAgentConfig()
-        self.detector = SpeechDetector(self.config.vad)
+        vad = self.config.vad
+        if vad.sample_rate != self.playout.sample_rate:  # the mic runs at the transport's rate
+            vad = dataclasses.replace(vad, sample_rate=self.playout.sample_rate)
+        self.detector = SpeechDetector(vad)
         self.guard = EchoGuard(self.config.bargein)
         self.policy = BargeInPolicy(self.config.bargein)
         self.on_status = on_status
