@@ -25,12 +25,13 @@ import anyio
 import anyio.abc
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from agent.errors import VoxloopError
 from agent.interfaces import SpeechChunk, WordTiming
 from agent.redact import redacting_logger, register_secret
 from plugins.elevenlabs.alignment import AlignmentTracker
+from plugins.elevenlabs.client_protocol import MAX_SERVER_FRAME_BYTES
 from plugins.elevenlabs.formats import Decoder, parse_output_format
 from plugins.elevenlabs.protocol import (
     AudioReceived,
@@ -224,9 +225,28 @@ class TTSContext:
     def _deliver_audio(self, event: AudioReceived) -> None:
         if self.done:
             return
+        if self._fmt.codec == "pcm" and len(event.audio) % 2:
+            # half a sample: the frame is corrupt, and carrying its odd byte into the next frame
+            # would shift every later sample by one byte (loud noise). Drop it whole.
+            log.warning(
+                "context %s: TTS server sent %d bytes of PCM16, not whole samples: frame dropped",
+                self.id,
+                len(event.audio),
+            )
+            return
+        try:
+            pcm = self._decode(event.audio)
+        except Exception as err:  # a codec error must not take the socket's reader down
+            log.warning(
+                "context %s: TTS audio does not decode as %s (%s): frame dropped",
+                self.id,
+                self._fmt.codec,
+                type(err).__name__,
+            )
+            self._decoder = Decoder(self._fmt)  # a codec that failed is left in a bad state
+            return
         if self.first_audio_at is None:
             self.first_audio_at = time.monotonic()
-        pcm = self._decoder.decode(event.audio) if self._decoder is not None else event.audio
         rate = self._fmt.sample_rate
         seconds = len(pcm) / 2 / rate if self._decoder is not None else 0.0
         chars = self._tracker.feed(event.alignment, seconds)
@@ -239,6 +259,9 @@ class TTSContext:
             char_ends=[e for _, _, e in chars],
         )
         self._push(chunk)
+
+    def _decode(self, audio: bytes) -> bytes:
+        return self._decoder.decode(audio) if self._decoder is not None else audio
 
     def _finish(self, error: BaseException | None = None) -> None:
         if self.done and error is None:
@@ -297,6 +320,11 @@ class _Socket:
             return ServerClosedError(f"TTS server closed the socket: {cause.message}", cause)
         if rcvd is not None and rcvd.code == 1000:
             return ConnectionLostError("TTS server closed the socket (1000)")
+        if err.sent is not None and err.sent.code == 1009:
+            return ConnectionLostError(
+                f"TTS server sent a frame over {MAX_SERVER_FRAME_BYTES // (1024 * 1024)} MiB; "
+                "the socket was closed (1009) and a new one opens on the next context"
+            )
         code = rcvd.code if rcvd is not None else 1006
         return ConnectionLostError(
             f"TTS socket dropped (code {code}); a new socket opens on the next context"
@@ -330,7 +358,14 @@ class _Socket:
         elif isinstance(event, ServerError):
             log.warning("TTS server error: %s: %s", event.error, event.message)
             err = ContextError(f"TTS server error {event.error}: {event.message}")
-            for ctx in list(self.contexts.values()):
+            # an error naming a context fails that context only (a late error about an aborted
+            # context must not end the current turn); one naming none fails them all
+            if event.context_id is None:
+                failed = list(self.contexts.values())
+            else:
+                named = self.contexts.get(event.context_id)
+                failed = [named] if named is not None else []
+            for ctx in failed:
                 if not ctx.done:
                     ctx._finish(err)
         elif isinstance(event, ProtocolViolation):
@@ -384,6 +419,10 @@ class ElevenLabsTTS:
         frame_listener: FrameListener | None = None,
     ) -> None:
         self.config = config or TTSConfig()
+        try:
+            parse_output_format(self.config.output_format)
+        except ValueError as err:  # before any connection: the message lists what is supported
+            raise TTSError(str(err)) from None
         key = api_key if api_key is not None else os.environ.get("ELEVENLABS_API_KEY")
         self._key = Secret(key) if key else None
         if key:
@@ -461,7 +500,7 @@ class ElevenLabsTTS:
                     return await connect(
                         url,
                         additional_headers=headers,
-                        max_size=4 * 1024 * 1024,
+                        max_size=MAX_SERVER_FRAME_BYTES,
                         compression=None,
                         open_timeout=None,
                         ping_interval=20,
@@ -480,6 +519,8 @@ class ElevenLabsTTS:
                 failure: str = f"HTTP {status}"
             except InvalidURI:
                 raise TTSError(f"bad TTS URL {self.base_url!r}") from None
+            except InvalidHandshake as err:  # e.g. the connection dropped before a response
+                failure = f"handshake failed: {err}"
             except (OSError, TimeoutError) as err:
                 detail = err.strerror if isinstance(err, OSError) else None
                 failure = type(err).__name__ + (f": {detail}" if detail else "")
@@ -499,6 +540,7 @@ class ElevenLabsTTS:
             return sock
         if sock is not None and not sock.alive:
             self.reconnects += 1
+            log.info("TTS socket was lost (%s); opening a new one", sock.error or "closed")
         assert self._tg is not None, "use `async with ElevenLabsTTS(...)`"
         ws = await self._connect()
         sock = _Socket(self, ws)

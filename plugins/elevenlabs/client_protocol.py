@@ -9,12 +9,14 @@ frames into events. Bad server input becomes a ProtocolViolation event, never an
 from __future__ import annotations
 
 import enum
+import json
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .messages import (
     MAX_CONTEXTS,
+    MAX_MESSAGE_CHARS,
     Alignment,
     ClientMessage,
     GenerationConfig,
@@ -33,6 +35,11 @@ from .messages import (
 )
 
 _RECENT_FINALS = 64  # remembered finalled context ids (stray keep-alives/closes are no-ops)
+
+#: Largest server frame a client accepts (the socket's limit too). The live service sends audio
+#: frames over 1 MiB (pcm_44100, long generations) and uses 16 MiB itself; MAX_MESSAGE_CHARS
+#: limits what clients send, not what they receive.
+MAX_SERVER_FRAME_BYTES = 16 * 1024 * 1024
 
 
 # =============================================================================================
@@ -313,7 +320,7 @@ class ClientProtocol:
     def receive(self, data: str | bytes, now: float) -> list[ClientEvent]:
         """Turn one server frame into events. Never raises for bad server input."""
         try:
-            obj = loads_object(data, "the server")
+            obj = _server_frame(data)
         except ProtocolError as err:
             return [ProtocolViolation(err.message)]
         try:
@@ -374,6 +381,31 @@ class ClientProtocol:
             normalized = None
         events.append(AudioReceived(cid, pcm, alignment, normalized))
         return events
+
+
+def _server_frame(data: str | bytes) -> dict[str, object]:
+    """One server frame as a JSON object (ProtocolError otherwise): `loads_object`, except that
+    audio frames may be far larger than any client message, so MAX_SERVER_FRAME_BYTES bounds
+    them instead of MAX_MESSAGE_CHARS."""
+    if isinstance(data, str) and len(data) > MAX_MESSAGE_CHARS:
+        if len(data) > MAX_SERVER_FRAME_BYTES:
+            raise ProtocolError(
+                message=f"server frame too large: {len(data)} characters, the limit is "
+                f"{MAX_SERVER_FRAME_BYTES}",
+                code=1009,
+                error="message_too_large",
+            )
+        try:
+            obj = json.loads(data)
+        except (ValueError, RecursionError):
+            raise ProtocolError(
+                message="invalid JSON: the server must send one JSON object per text frame",
+                code=1007,
+            ) from None
+        if not isinstance(obj, dict):
+            raise ProtocolError(message="expected a JSON object from the server", code=1007)
+        return obj
+    return loads_object(data, "the server")
 
 
 # =============================================================================================

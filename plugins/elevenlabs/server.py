@@ -13,6 +13,10 @@ Per connection, three kinds of task share one task group:
 
 Cancelling :meth:`LocalTTSServer.serve` (or leaving its ``async with``) stops accepting, closes
 every connection with 1001 and waits for their tasks.
+
+Model ids: the server has one engine, so it accepts any ``model_id`` a client asks for and speaks
+with that engine; the first one requested is noted once in a DEBUG log line (clients written for
+the real service always send one, so anything louder would be noise).
 """
 
 from __future__ import annotations
@@ -218,6 +222,7 @@ class _Connection:
         self.send_lock = anyio.Lock()
         self.queues: dict[str | None, MemoryObjectSendStream[Synthesize | ContextEnded]] = {}
         self.wake_timer = anyio.Event()
+        self.timer_deadline: float | None = None  # what the timer sleeps toward (None: nothing)
         self.peer = f"{ws.remote_address[0]}:{ws.remote_address[1]}" if ws.remote_address else "?"
 
     async def run(self) -> None:
@@ -239,6 +244,14 @@ class _Connection:
             self.server.stats.frames_in += 1
             events = self.protocol.receive(data, time.monotonic())
             await self._handle(events)
+            self._rearm_timer()
+
+    def _rearm_timer(self) -> None:
+        """Wake the timer if the protocol's next deadline is sooner than the one it sleeps
+        toward. Activity only pushes inactivity deadlines later, so most frames wake nothing
+        (waking it for every frame made a flood of tiny frames cost twice the CPU)."""
+        deadline = self.protocol.next_deadline()
+        if deadline is not None and (self.timer_deadline is None or deadline < self.timer_deadline):
             self.wake_timer.set()
 
     async def _handle(self, events: Sequence[object]) -> None:
@@ -293,6 +306,7 @@ class _Connection:
                         await self._send_audio(context_id, tail, None)
                     self.protocol.send_final(context_id)
                     await self._send_pending()
+                    self._rearm_timer()  # the last final arms the socket's own idle timer
                     return
                 speed = (item.voice_settings.speed if item.voice_settings else None) or 1.0
                 started = time.monotonic()
@@ -366,6 +380,7 @@ class _Connection:
         """Fire the protocol's inactivity deadlines."""
         while True:
             deadline = self.protocol.next_deadline()
+            self.timer_deadline = deadline
             self.wake_timer = anyio.Event()
             if deadline is None:
                 await self.wake_timer.wait()
@@ -403,6 +418,7 @@ class LocalTTSServer:
         self.limiter = anyio.CapacityLimiter(max_concurrent_synthesis)
         self.stats = ServerStats()
         self._server: Server | None = None
+        self._model_noted = False
 
     def __repr__(self) -> str:
         return f"LocalTTSServer(url={self.url!r}, strict_voices={self.strict_voices})"
@@ -431,6 +447,13 @@ class LocalTTSServer:
         header = request.headers.get("xi-api-key")
         if self._api_key is not None and header is not None and Secret(header) != self._api_key:
             return self._reject(connection, 401, "Invalid API key (xi-api-key header).")
+        if params.model_id is not None and not self._model_noted:
+            self._model_noted = True
+            log.debug(
+                "model_id %r accepted: this server speaks every model_id with its one engine "
+                "(noted once)",
+                params.model_id[:60],
+            )
         voices = self.engine.voices()
         if params.voice_id not in voices and params.voice_id != DEFAULT_VOICE_ID:
             if self.strict_voices:

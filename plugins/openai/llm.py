@@ -7,6 +7,7 @@ bad credentials, and closes the HTTP stream when the consumer stops listening.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -37,6 +38,14 @@ log = logging.getLogger(__name__)
 _LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 _KEY_LIKE = re.compile(r"sk-[A-Za-z0-9_\-*]{4,}")
 _CLOSE_GRACE_SECONDS = 1.0
+
+
+class _MalformedChunk(ValueError):
+    """Internal: a stream chunk that is not JSON or lacks the chat.completion.chunk shape."""
+
+
+#: What a malformed chunk raises while reading: the SDK's JSON decoding, or our shape check.
+_MALFORMED = (json.JSONDecodeError, _MalformedChunk)
 
 
 class _Retryable(Exception):
@@ -183,7 +192,12 @@ class OpenAILLM:
                         f"{self._describe(exc)}",
                         deltas_delivered=delivered,
                     ) from None
-                text = _delta_text(chunk)
+                except _MALFORMED as exc:
+                    raise self._malformed(exc, delivered) from None
+                try:
+                    text = _delta_text(chunk)
+                except _MalformedChunk as exc:
+                    raise self._malformed(exc, delivered) from None
                 if text:
                     yield text
                     delivered += 1
@@ -245,6 +259,10 @@ class OpenAILLM:
             if chunks is not None:
                 await _close_stream(chunks)
             raise self._classify(exc) from None
+        except _MALFORMED as exc:
+            if chunks is not None:
+                await _close_stream(chunks)
+            raise _Retryable("server", f"malformed stream chunk ({_what(exc)})") from None
         except BaseException:
             if chunks is not None:
                 await _close_stream(chunks)
@@ -301,6 +319,14 @@ class OpenAILLM:
             attempts=attempts,
         )
 
+    def _malformed(self, exc: ValueError, delivered: int) -> LLMStreamError:
+        """The error for a malformed chunk after the first token (never retried)."""
+        return LLMStreamError(
+            f"LLM stream from {self._display_url} sent a malformed chunk after {delivered} "
+            f"deltas ({_what(exc)}); the server is not speaking the OpenAI streaming format.",
+            deltas_delivered=delivered,
+        )
+
     def _describe(self, exc: BaseException) -> str:
         """The SDK error as one line, with anything key-like removed."""
         status = getattr(exc, "status_code", None)
@@ -313,10 +339,28 @@ class OpenAILLM:
 
 
 def _delta_text(chunk: ChatCompletionChunk) -> str | None:
-    """The text content of a chunk's first choice, or None (no choices / no content)."""
-    if not chunk.choices:
-        return None
-    return chunk.choices[0].delta.content
+    """The text content of a chunk's first choice, or None (no choices / no content).
+
+    The SDK builds chunks without validating them, so a server sending the wrong shape shows up
+    here: raises _MalformedChunk then.
+    """
+    try:
+        choices = chunk.choices
+        if not choices:
+            return None
+        text: object = choices[0].delta.content
+    except (AttributeError, TypeError, IndexError, KeyError):
+        raise _MalformedChunk("a chunk without choices[0].delta") from None
+    if text is not None and not isinstance(text, str):
+        raise _MalformedChunk("delta.content is not a string")
+    return text
+
+
+def _what(exc: ValueError) -> str:
+    """A short description of a malformed chunk (never the chunk itself)."""
+    if isinstance(exc, json.JSONDecodeError):
+        return "not valid JSON"
+    return str(exc)
 
 
 async def _close_stream(chunks: AsyncStream[ChatCompletionChunk]) -> None:

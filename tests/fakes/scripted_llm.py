@@ -2,8 +2,9 @@
 
 It serves `POST /v1/chat/completions` with `stream=true` as Server-Sent Events over chunked
 HTTP/1.1, one scripted reply per request, and `GET /v1/models`. It exists to script timelines
-and faults (slow tokens, None deltas, 5xx, 401, stalls, dropped connections) that a real model
-cannot produce on demand. Every request is recorded, including whether the client hung up early.
+and faults (slow tokens, None deltas, 5xx, 401, stalls, dropped connections, malformed chunks)
+that a real model cannot produce on demand. Every request is recorded (with its arrival time),
+including whether the client hung up early.
 
     async with ScriptedChatServer([tokens("Hello", " world", delay=0.01)]) as server:
         llm = OpenAILLM("scripted", base_url=server.base_url)
@@ -12,6 +13,7 @@ cannot produce on demand. Every request is recorded, including whether the clien
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -26,6 +28,7 @@ __all__ = [
     "ErrorEvent",
     "HttpError",
     "NoChoices",
+    "Raw",
     "RecordedRequest",
     "Reply",
     "ScriptedChatServer",
@@ -74,7 +77,15 @@ class Drop:
     delay: float = 0.0
 
 
-Step = Token | NoChoices | Stall | ErrorEvent | Drop
+@dataclass(frozen=True)
+class Raw:
+    """Send the SSE line `data: <data>` as is, without JSON-encoding (e.g. a malformed chunk)."""
+
+    data: str
+    delay: float = 0.0
+
+
+Step = Token | NoChoices | Stall | ErrorEvent | Drop | Raw
 
 
 @dataclass(frozen=True)
@@ -113,6 +124,8 @@ class RecordedRequest:
     body: Any
     closed_by_client: bool = False
     done: anyio.Event = field(default_factory=anyio.Event)
+    received_at: float = field(default_factory=time.monotonic)
+    step_times: list[float] = field(default_factory=list)  # when each scripted step went out
 
     @property
     def messages(self) -> list[dict[str, Any]]:
@@ -239,12 +252,14 @@ class ScriptedChatServer:
             return
         async with anyio.create_task_group() as task_group:
             task_group.start_soon(_watch_for_hangup, reader, task_group.cancel_scope, request)
-            await self._stream(client, reply)
+            await self._stream(client, reply, request)
             task_group.cancel_scope.cancel()
         if request.closed_by_client:
             raise _ClientGone
 
-    async def _stream(self, client: anyio.abc.SocketStream, reply: StreamReply) -> None:
+    async def _stream(
+        self, client: anyio.abc.SocketStream, reply: StreamReply, request: RecordedRequest
+    ) -> None:
         await client.send(
             b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
             b"transfer-encoding: chunked\r\nconnection: close\r\n\r\n"
@@ -252,13 +267,17 @@ class ScriptedChatServer:
         await _send_event(client, self._chunk({"role": "assistant", "content": ""}))
         for step in reply.steps:
             if isinstance(step, Stall):
+                request.step_times.append(time.monotonic())
                 await anyio.sleep(step.seconds)
                 continue
             await anyio.sleep(step.delay)
+            request.step_times.append(time.monotonic())
             if isinstance(step, Token):
                 await _send_event(client, self._chunk({"content": step.text}))
             elif isinstance(step, NoChoices):
                 await _send_event(client, self._envelope([]))
+            elif isinstance(step, Raw):
+                await _send_event(client, step.data)
             elif isinstance(step, ErrorEvent):
                 error = {"error": {"message": step.message, "type": "server_error",
                                    "code": step.code}}
