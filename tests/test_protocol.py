@@ -23,6 +23,7 @@ from plugins.elevenlabs.protocol import (
     ContextEnded,
     ContextFinal,
     ContextStarted,
+    Flushed,
     GenerationConfig,
     IgnoredFrame,
     IgnoredMessage,
@@ -337,6 +338,7 @@ def test_single_end_of_input_flushes_sends_final_and_closes_1000() -> None:
     events = send(server, {"text": ""})
     assert events == [
         Synthesize(None, "Hello world ", None, True),
+        Flushed(None),
         ContextEnded(None, "close"),
     ]
     assert server.next_deadline() is None  # no inactivity timer while the audio is produced
@@ -362,7 +364,7 @@ def test_single_flush_keeps_the_stream_open_and_sends_no_final() -> None:
     server = make_server()
     send(server, {"text": " "})
     events = send(server, {"text": "Hi there ", "flush": True})
-    assert events == [Synthesize(None, "Hi there ", None, True)]
+    assert events == [Synthesize(None, "Hi there ", None, True), Flushed(None)]
     assert server.data_to_send() == []
     assert send(server, {"text": "More. "}) == []
     assert synthesized(send(server, {"text": "", "flush": True})) == ["More. "]
@@ -474,7 +476,7 @@ def test_repeating_identical_voice_settings_is_fine() -> None:
     vs = {"stability": 0.5}
     send(server, {"text": " ", "voice_settings": vs})
     events = send(server, {"text": "Hi ", "voice_settings": vs, "flush": True})
-    assert events == [Synthesize(None, "Hi ", VoiceSettings(stability=0.5), True)]
+    assert events == [Synthesize(None, "Hi ", VoiceSettings(stability=0.5), True), Flushed(None)]
 
 
 @pytest.mark.parametrize(
@@ -618,7 +620,10 @@ def test_multi_init_text_flush_and_audio_frames_carry_context_id() -> None:
     assert started.voice_settings == VoiceSettings(speed=1.1)
     assert send(server, {"text": "Hi. ", "context_id": "c1"}) == []
     events = send(server, {"context_id": "c1", "flush": True, "text": "Bye. "})
-    assert events == [Synthesize("c1", "Hi. Bye. ", VoiceSettings(speed=1.1), True)]
+    assert events == [
+        Synthesize("c1", "Hi. Bye. ", VoiceSettings(speed=1.1), True),
+        Flushed("c1"),
+    ]
     alignment = Alignment(("H", "i"), (0, 50), (50, 60))
     server.send_audio("c1", b"pcm", alignment, alignment)
     (frame,) = out(server)  # a bare flush gives no isFinal
@@ -633,7 +638,7 @@ def test_flush_then_close_context_still_delivers_audio_then_final() -> None:
     send(server, {"text": "Hello there.", "context_id": "c1"})
     flush = send(server, {"context_id": "c1", "flush": True})
     close = send(server, {"context_id": "c1", "close_context": True})
-    assert flush == [Synthesize("c1", "Hello there.", None, True)]
+    assert flush == [Synthesize("c1", "Hello there.", None, True), Flushed("c1")]
     assert close == [ContextEnded("c1", "close")]
     assert server.active_contexts == 1 and server.open_contexts == []
     server.send_audio("c1", b"a", None, None)
@@ -687,7 +692,7 @@ def test_flushing_an_unknown_context_creates_it() -> None:
     server = make_server(multi=True)
     events = send(server, {"context_id": "c9", "flush": True, "text": "Hi "})
     assert isinstance(events[0], ContextStarted) and events[0].context_id == "c9"
-    assert events[1:] == [Synthesize("c9", "Hi ", None, True)]
+    assert events[1:] == [Synthesize("c9", "Hi ", None, True), Flushed("c9")]
 
 
 def test_keep_alive_before_init_becomes_the_first_message() -> None:
@@ -719,8 +724,10 @@ def test_close_socket_flushes_ends_every_context_and_closes_after_the_last_final
     events = send(server, {"close_socket": True})
     assert events == [
         Synthesize("a", "Alpha ", None, True),
+        Flushed("a"),
         ContextEnded("a", "close"),
         Synthesize("b", "Beta ", None, True),
+        Flushed("b"),
         ContextEnded("b", "close"),
         SocketEnding(1000, ""),
     ]

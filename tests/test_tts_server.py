@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -354,3 +355,25 @@ async def test_alignment_offsets_match_audio_across_split_frames() -> None:
     # the last character starts where the tone says it does, and the offset tracks the audio
     assert abs(starts[-1] - len(text) * MS_PER_CHAR / 1000) < 0.005
     assert abs(tracker.offset - audio) < 0.05
+
+
+async def test_close_context_abandons_unflushed_text_but_a_flush_still_plays(
+    piper_engine: Any,
+) -> None:
+    """Barge-in: text released by the schedule but not flushed is dropped once the context is
+    closed (the final comes at once); text covered by a flush is still spoken in full."""
+    long_text = "This sentence is long enough to pass the first schedule threshold easily. " * 12
+    async with serving(piper_engine) as server, connect(ws_url(server, multi=True)) as ws:
+        await ws.send(json.dumps({"text": " ", "context_id": "a"}))
+        await ws.send(json.dumps({"text": long_text, "context_id": "a"}))
+        await ws.send(json.dumps({"context_id": "a", "close_context": True}))
+        started = time.monotonic()
+        abandoned = await read_until_final(ws, "a")
+        assert time.monotonic() - started < 3.0
+        assert server.stats.abandoned_items >= 1
+        spoken = len(audio_of(abandoned, "a")) / 2 / 16000
+        await ws.send(json.dumps({"text": " ", "context_id": "b"}))
+        await ws.send(json.dumps({"text": long_text, "context_id": "b", "flush": True}))
+        await ws.send(json.dumps({"context_id": "b", "close_context": True}))
+        full = len(audio_of(await read_until_final(ws, "b"), "b")) / 2 / 16000
+    assert full > 20 and spoken < full / 2, (spoken, full)

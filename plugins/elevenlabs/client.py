@@ -34,6 +34,7 @@ from plugins.elevenlabs.alignment import AlignmentTracker
 from plugins.elevenlabs.client_protocol import MAX_SERVER_FRAME_BYTES
 from plugins.elevenlabs.formats import Decoder, parse_output_format
 from plugins.elevenlabs.protocol import (
+    MAX_CONTEXTS,
     AudioReceived,
     ClientProtocol,
     ContextFinal,
@@ -51,6 +52,9 @@ from plugins.elevenlabs.protocol import (
 )
 
 log = logging.getLogger("voxloop.tts")
+
+#: Decoded chunks queued per context before the socket reader waits for the consumer.
+CHUNK_QUEUE = 64
 
 DEFAULT_BASE_URL = "wss://api.elevenlabs.io"
 DEFAULT_VOICE_ID = "JBFqnCBsd6RMkjVDRZzb"
@@ -79,6 +83,10 @@ class ServerClosedError(TTSError):
         self.cause = cause
 
 
+class TTSTimeoutError(TTSError):
+    """The server stopped sending audio for a context it had been asked to finish."""
+
+
 class ContextError(TTSError):
     """The server sent an error frame for this context."""
 
@@ -104,6 +112,12 @@ class TTSConfig:
     backoff_cap: float = 4.0
     decode_audio: bool = True
     extra_query: dict[str, str] = field(default_factory=dict)
+    #: After the flush (or close), the longest silence from the server before the context
+    #: fails with TTSTimeoutError: a server that stays connected but stops sending.
+    audio_timeout: float = 10.0
+    #: How long open_context waits for one of the 5 context slots (closed contexts count
+    #: until their final arrives, so rapid barge-ins may briefly fill them all).
+    context_slot_timeout: float = 5.0
 
 
 def resolve_base_url(base_url: str | None) -> str:
@@ -131,9 +145,14 @@ class TTSContext:
         self._fmt = parse_output_format(output_format)
         self._decoder = Decoder(self._fmt) if owner.config.decode_audio else None
         self._tracker = AlignmentTracker()
-        send, receive = anyio.create_memory_object_stream[SpeechChunk | BaseException | None](256)
-        self._send: MemoryObjectSendStream[SpeechChunk | BaseException | None] = send
-        self._receive: MemoryObjectReceiveStream[SpeechChunk | BaseException | None] = receive
+        # Bounded: when the consumer is slower than the server, the socket reader waits here
+        # (backpressure to the server over TCP) instead of dropping audio.
+        send, receive = anyio.create_memory_object_stream[SpeechChunk](CHUNK_QUEUE)
+        self._send: MemoryObjectSendStream[SpeechChunk] = send
+        self._receive: MemoryObjectReceiveStream[SpeechChunk] = receive
+        self._error: BaseException | None = None
+        self._last_item_at: float | None = None
+        self.closed_at: float | None = None
         self.first_text_at: float | None = None
         self.first_audio_at: float | None = None
         self.flush_at: float | None = None
@@ -179,6 +198,7 @@ class TTSContext:
             return
         self.closed = True
         now = time.monotonic()
+        self.closed_at = now
         if self._owner.config.multi:
             assert self.id is not None
             self._owner.protocol.close_context(self.id, now)
@@ -199,19 +219,41 @@ class TTSContext:
                 except (TTSError, ConnectionClosed, ValueError):
                     pass
             self._send.close()
+            self._receive.close()  # a reader waiting to queue this context's audio moves on
 
     async def chunks(self) -> AsyncIterator[SpeechChunk]:
         """Yield decoded speech with absolute alignment until the final message.
 
-        Raises the connection's error if the socket is lost first. Cancelling stops reading;
-        the context stays open (call :meth:`abort` to stop it).
+        Raises the connection's error if the socket is lost first, and TTSTimeoutError if the
+        server goes silent for `audio_timeout` after the flush or close. Cancelling stops
+        reading; the context stays open (call :meth:`abort` to stop it).
         """
-        async for item in self._receive:
-            if item is None:
-                return
-            if isinstance(item, BaseException):
-                raise item
+        limit = self._owner.config.audio_timeout
+        while True:
+            with anyio.move_on_after(min(0.5, limit)) as waiting:
+                try:
+                    item = await self._receive.receive()
+                except anyio.EndOfStream:
+                    break
+            if waiting.cancelled_caught:
+                since = self._asked_to_finish_at()
+                if since is not None and time.monotonic() - since > limit:
+                    raise TTSTimeoutError(
+                        f"TTS context {self.id}: no audio and no final message for "
+                        f"{limit:.0f} s after it was flushed; the server may be stuck"
+                    )
+                continue
+            self._last_item_at = time.monotonic()
             yield item
+        if self._error is not None:
+            raise self._error
+
+    def _asked_to_finish_at(self) -> float | None:
+        """Since when the server owes us the rest (flush or close, or the last audio after)."""
+        marks = [t for t in (self.flush_at, self.closed_at) if t is not None]
+        if not marks:
+            return None
+        return max([min(marks), self._last_item_at or 0.0])
 
     def words(self) -> list[WordTiming]:
         """Word timings so far (absolute, seconds from this context's first audio)."""
@@ -222,7 +264,8 @@ class TTSContext:
         return self._tracker.heard_text(played_seconds)
 
     # -- routed from the socket's reader --
-    def _deliver_audio(self, event: AudioReceived) -> None:
+    async def _deliver_audio(self, event: AudioReceived) -> None:
+        """Decode and queue one frame; waits while the consumer's queue is full."""
         if self.done:
             return
         if self._fmt.codec == "pcm" and len(event.audio) % 2:
@@ -258,30 +301,35 @@ class TTSContext:
             char_starts=[s for _, s, _ in chars],
             char_ends=[e for _, _, e in chars],
         )
-        self._push(chunk)
+        await self._put(chunk)
 
     def _decode(self, audio: bytes) -> bytes:
         return self._decoder.decode(audio) if self._decoder is not None else audio
 
-    def _finish(self, error: BaseException | None = None) -> None:
-        if self.done and error is None:
+    async def _finish(self, error: BaseException | None = None) -> None:
+        """The final message (or ``error``): queue the decoder's tail, then end the stream."""
+        if self.done:
             return
         if error is None and self._decoder is not None:
             tail = self._decoder.finish()
             if tail:
-                self._push(SpeechChunk(pcm=tail, sample_rate=self._fmt.sample_rate))
+                await self._put(SpeechChunk(pcm=tail, sample_rate=self._fmt.sample_rate))
+        self._fail_or_end(error)
+
+    def _fail_or_end(self, error: BaseException | None) -> None:
+        """End the stream now; the consumer drains what is queued, then sees ``error``."""
+        if self.done:
+            return
         self.final_at = time.monotonic()
-        self._push(error)
+        self._error = error
         self.done = True
         self._send.close()
 
-    def _push(self, item: SpeechChunk | BaseException | None) -> None:
+    async def _put(self, chunk: SpeechChunk) -> None:
         try:
-            self._send.send_nowait(item)
-        except anyio.WouldBlock:
-            log.warning("context %s: reader is too slow, dropping a chunk", self.id)
+            await self._send.send(chunk)
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-            pass
+            pass  # the consumer is gone (aborted): nothing to deliver to
 
 
 class _Socket:
@@ -293,6 +341,7 @@ class _Socket:
         self.ws = ws
         self.protocol = ClientProtocol(multi=tts.config.multi)
         self.contexts: dict[str | None, TTSContext] = {}
+        self.slot_freed = anyio.Event()
         self.lock = anyio.Lock()
         self.error: BaseException | None = None
         self.alive = True
@@ -339,22 +388,23 @@ class _Socket:
                 if listener is not None:
                     listener("in", now, data if isinstance(data, str) else "<binary>")
                 for event in self.protocol.receive(data, now):
-                    self._route(event)
+                    await self._route(event)
             self._close_all(None)
         except ConnectionClosed as err:
             self._close_all(self._lost(err))
         finally:
             self.alive = False
 
-    def _route(self, event: object) -> None:
+    async def _route(self, event: object) -> None:
         if isinstance(event, AudioReceived):
             ctx = self.contexts.get(event.context_id)
             if ctx is not None:
-                ctx._deliver_audio(event)
+                await ctx._deliver_audio(event)
         elif isinstance(event, ContextFinal):
             ctx = self.contexts.pop(event.context_id, None)
+            self._slot_freed()
             if ctx is not None:
-                ctx._finish()
+                await ctx._finish()
         elif isinstance(event, ServerError):
             log.warning("TTS server error: %s: %s", event.error, event.message)
             err = ContextError(f"TTS server error {event.error}: {event.message}")
@@ -366,8 +416,7 @@ class _Socket:
                 named = self.contexts.get(event.context_id)
                 failed = [named] if named is not None else []
             for ctx in failed:
-                if not ctx.done:
-                    ctx._finish(err)
+                ctx._fail_or_end(err)
         elif isinstance(event, ProtocolViolation):
             log.warning("TTS server sent a bad frame (ignored): %s", event.reason)
         elif isinstance(event, IgnoredFrame | StaleAudio):
@@ -378,9 +427,14 @@ class _Socket:
         if error is not None:
             self.error = error
         for ctx in list(self.contexts.values()):
-            if not ctx.done:
-                ctx._finish(error or ConnectionLostError("TTS socket closed before the final"))
+            ctx._fail_or_end(error or ConnectionLostError("TTS socket closed before the final"))
         self.contexts.clear()
+        self._slot_freed()
+
+    def _slot_freed(self) -> None:
+        """Wake open_context calls waiting for one of the 5 context slots."""
+        self.slot_freed.set()
+        self.slot_freed = anyio.Event()
 
     async def keepalive(self) -> None:
         """Send keep-alives before the inactivity timeout. Cancelling stops them."""
@@ -549,6 +603,14 @@ class ElevenLabsTTS:
         self._tg.start_soon(sock.keepalive)
         return sock
 
+    async def _wait_for_slot(self, sock: _Socket) -> None:
+        """Wait (bounded) until fewer than 5 contexts count on the socket. A closed context
+        counts until its final arrives, so rapid barge-ins can fill the slots for a moment."""
+        with anyio.move_on_after(self.config.context_slot_timeout):
+            while sock.alive and sock.protocol.counted_contexts >= MAX_CONTEXTS:
+                await sock.slot_freed.wait()
+        # still full: protocol.open_context raises TooManyContextsError, naming the limit
+
     async def open_context(self, context_id: str | None = None) -> TTSContext:
         """Open a new context (a new socket in single-context mode) and send its init.
 
@@ -562,6 +624,8 @@ class ElevenLabsTTS:
             context_id = context_id or f"ctx-{next(self._ids)}"
         else:
             context_id = None
+        if self.config.multi:
+            await self._wait_for_slot(sock)
         ctx = TTSContext(sock, context_id, self.config.output_format)
         sock.contexts[context_id] = ctx
         sock.protocol.open_context(

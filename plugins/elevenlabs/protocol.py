@@ -118,6 +118,7 @@ __all__ = [
     "ContextFinal",
     "ContextStarted",
     "ContextState",
+    "Flushed",
     "GenerationConfig",
     "IgnoredFrame",
     "IgnoredMessage",
@@ -184,6 +185,14 @@ class ContextEnded:
 
 
 @dataclass(frozen=True)
+class Flushed:
+    """A flush (or a close that implies one): every Synthesize of this context emitted so far
+    must be spoken in full, even if the context is closed before it plays."""
+
+    context_id: str | None
+
+
+@dataclass(frozen=True)
 class SocketEnding:
     """The protocol decided to close. Drain `data_to_send()`: the Close comes when due."""
 
@@ -205,7 +214,9 @@ class IgnoredMessage:
     reason: str
 
 
-ServerEvent = ContextStarted | Synthesize | ContextEnded | SocketEnding | KeepAlive | IgnoredMessage
+ServerEvent = (
+    ContextStarted | Synthesize | Flushed | ContextEnded | SocketEnding | KeepAlive | IgnoredMessage
+)
 
 
 # =============================================================================================
@@ -437,6 +448,7 @@ class ServerProtocol:
         rest = ctx.buffer.take_all()
         if rest:
             events.append(Synthesize(ctx.context_id, rest, ctx.voice_settings, True))
+        events.append(Flushed(ctx.context_id))
 
     def _end_single(self, ctx: _ServerContext, events: list[ServerEvent]) -> None:
         self._flush(ctx, events)

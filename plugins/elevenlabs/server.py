@@ -49,6 +49,7 @@ from plugins.elevenlabs.protocol import (
     Close,
     ContextEnded,
     ContextStarted,
+    Flushed,
     ProtocolError,
     Secret,
     ServerProtocol,
@@ -116,6 +117,8 @@ class ServerStats:
     errors_sent: int = 0
     engine_first_chunk_s: list[float] = field(default_factory=list)
     first_frame_sent_s: list[float] = field(default_factory=list)
+    contexts: list[ContextTiming] = field(default_factory=list)
+    abandoned_items: int = 0  # queued text of closed contexts not synthesized
 
 
 def split_chunk(
@@ -203,6 +206,32 @@ def alignment_for(chunk: SpeechPiece) -> Alignment | None:
     )
 
 
+@dataclass
+class _ContextWork:
+    """A context's synthesis queue and what may be dropped from it once it is closed."""
+
+    queue: MemoryObjectSendStream[tuple[int, Synthesize] | ContextEnded]
+    sent: int = 0  # Synthesize items queued so far (their sequence numbers are 1..sent)
+    flushed_upto: int = 0  # the last item released by a flush: it and all before must play
+    ended: bool = False  # no more text will come (close_context, "", close_socket, timeout)
+
+    def wanted(self, seq: int) -> bool:
+        """Still to be spoken? Once ended, only text up to the last flush is (the protocol lets
+        a queued flush finish; schedule-released text of a closed context is abandoned)."""
+        return not self.ended or seq <= self.flushed_upto
+
+
+@dataclass
+class ContextTiming:
+    """When a context's first synthesis started, its engine's first chunk and first frame
+    (monotonic seconds; the voice-to-voice benchmark reads these)."""
+
+    context_id: str | None
+    first_synthesize_at: float | None = None
+    engine_first_chunk_s: float | None = None
+    first_frame_at: float | None = None
+
+
 class _Connection:
     """One client socket: the protocol, its workers and its sends."""
 
@@ -220,7 +249,7 @@ class _Connection:
         self.fmt = fmt
         self.protocol = ServerProtocol(params, time.monotonic(), header_api_key=header_key)
         self.send_lock = anyio.Lock()
-        self.queues: dict[str | None, MemoryObjectSendStream[Synthesize | ContextEnded]] = {}
+        self.work: dict[str | None, _ContextWork] = {}
         self.wake_timer = anyio.Event()
         self.timer_deadline: float | None = None  # what the timer sleeps toward (None: nothing)
         self.peer = f"{ws.remote_address[0]}:{ws.remote_address[1]}" if ws.remote_address else "?"
@@ -265,42 +294,52 @@ class _Connection:
                     await self._send_pending()
                     await self.ws.close(1008, "Invalid API key.")
                     return
-            elif isinstance(event, Synthesize | ContextEnded):
-                queue = self.queues.get(event.context_id)
-                if queue is None:
-                    queue = self._start_context(event.context_id)
-                if isinstance(event, ContextEnded):
-                    self.queues.pop(event.context_id, None)
-                    await queue.send(event)
-                    queue.close()
+            elif isinstance(event, Synthesize):
+                work = self.work.get(event.context_id) or self._start_context(event.context_id)
+                work.sent += 1
+                await work.queue.send((work.sent, event))
+            elif isinstance(event, Flushed):
+                flushed = self.work.get(event.context_id)
+                if flushed is not None:
+                    flushed.flushed_upto = flushed.sent
+            elif isinstance(event, ContextEnded):
+                if event.context_id in self.work:
+                    work = self.work.pop(event.context_id)
                 else:
-                    await queue.send(event)
+                    work = self._start_context(event.context_id, register=False)
+                work.ended = True  # seen at once by the worker, even mid-item
+                await work.queue.send(event)
+                work.queue.close()
             elif isinstance(event, SocketEnding):
                 log.info("closing %s: %s %s", self.peer, event.code, event.reason)
         await self._send_pending()
 
-    def _start_context(
-        self, context_id: str | None
-    ) -> MemoryObjectSendStream[Synthesize | ContextEnded]:
-        existing = self.queues.get(context_id)
+    def _start_context(self, context_id: str | None, *, register: bool = True) -> _ContextWork:
+        existing = self.work.get(context_id)
         if existing is not None:
             return existing
-        send, receive = anyio.create_memory_object_stream[Synthesize | ContextEnded](64)
-        self.queues[context_id] = send
-        self.tg.start_soon(self._synthesis_worker, context_id, receive)
-        return send
+        send, receive = anyio.create_memory_object_stream[tuple[int, Synthesize] | ContextEnded](64)
+        work = _ContextWork(send)
+        if register:
+            self.work[context_id] = work
+        self.tg.start_soon(self._synthesis_worker, context_id, work, receive)
+        return work
 
     async def _synthesis_worker(
         self,
         context_id: str | None,
-        queue: MemoryObjectReceiveStream[Synthesize | ContextEnded],
+        work: _ContextWork,
+        queue: MemoryObjectReceiveStream[tuple[int, Synthesize] | ContextEnded],
     ) -> None:
-        """Synthesize one context's text in order; then send its final message."""
+        """Synthesize one context's text in order; then send its final message. Text a
+        closed context no longer wants is skipped, and stopped between engine chunks."""
         encoder = Encoder(self.fmt, self.fmt.sample_rate)  # audio arrives resampled
         first = True
+        timing = ContextTiming(context_id)
+        self.server.stats.contexts.append(timing)
         async with queue:
-            async for item in queue:
-                if isinstance(item, ContextEnded):
+            async for entry in queue:
+                if isinstance(entry, ContextEnded):
                     tail = encoder.finish()
                     if tail:
                         await self._send_audio(context_id, tail, None)
@@ -308,12 +347,19 @@ class _Connection:
                     await self._send_pending()
                     self._rearm_timer()  # the last final arms the socket's own idle timer
                     return
+                seq, item = entry
+                if not work.wanted(seq):
+                    self.server.stats.abandoned_items += 1
+                    continue
                 speed = (item.voice_settings.speed if item.voice_settings else None) or 1.0
                 started = time.monotonic()
+                if first:
+                    timing.first_synthesize_at = started
                 pieces = split_for_first_audio(item.text) if first else [item.text]
                 async for chunk in self._engine_chunks(pieces, speed):
                     if first:
-                        self.server.stats.engine_first_chunk_s.append(time.monotonic() - started)
+                        timing.engine_first_chunk_s = time.monotonic() - started
+                        self.server.stats.engine_first_chunk_s.append(timing.engine_first_chunk_s)
                     head = FIRST_FRAME_SECONDS if first else None
                     frames = split_chunk(chunk, MAX_FRAME_SECONDS, head_seconds=head)
                     for frame in frames:
@@ -323,8 +369,12 @@ class _Connection:
                         )
                         await self._send_audio(context_id, audio, alignment_for(frame))
                     if first:
-                        self.server.stats.first_frame_sent_s.append(time.monotonic() - started)
+                        timing.first_frame_at = time.monotonic()
+                        self.server.stats.first_frame_sent_s.append(timing.first_frame_at - started)
                         first = False
+                    if not work.wanted(seq):
+                        self.server.stats.abandoned_items += 1
+                        break  # closed meanwhile: the rest of this text is not wanted
                 if item.flush:
                     tail = encoder.finish()
                     encoder = Encoder(self.fmt, self.fmt.sample_rate)

@@ -252,7 +252,10 @@ class ScriptedChatServer:
             return
         async with anyio.create_task_group() as task_group:
             task_group.start_soon(_watch_for_hangup, reader, task_group.cancel_scope, request)
-            await self._stream(client, reply, request)
+            try:
+                await self._stream(client, reply, request)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                request.closed_by_client = True  # the client hung up while we were writing
             task_group.cancel_scope.cancel()
         if request.closed_by_client:
             raise _ClientGone
