@@ -145,6 +145,8 @@ async def run_demo(
         say(f"TTS: {tts_ep.describe()}")
         async with make_llm(settings, llm_ep) as llm, make_tts(settings, tts_ep, RATE) as tts:
             session = Session(llm, tts, transport.output, sentence_mode=settings.sentence_mode)
+            turn_metrics: list[Any] = []
+            session.hooks.on_turn_end = lambda result: turn_metrics.append(result.metrics)
 
             def status(state: str, detail: str) -> None:
                 say(f"agent: {state}{' (' + detail + ')' if detail else ''}")
@@ -169,12 +171,29 @@ async def run_demo(
 
                 tg.start_soon(script)
                 log = await agent.run(until=done)
+        if tts_ep.local:
+            add_tts_timings(log, turn_metrics, tts_ep.handle.stats.contexts)
     log.notes["script"] = [line.text for line in lines]
     files = await anyio.to_thread.run_sync(
         write_all, out_dir, log, transport.recorded_input(), transport.recorded_output()
     )
     print(turn_table(log))
     return DemoResult(log, files, list(session.history))
+
+
+def add_tts_timings(log: ConversationLog, metrics: Sequence[Any], contexts: Sequence[Any]) -> None:
+    """With the local TTS server in this process (one clock): split each answered turn's wait
+    for audio into the LLM writing enough text (first token -> synthesis starts) and the
+    engine's own first chunk. Turns that reached the LLM map in order onto TTS contexts."""
+    answered = [t for t in log.turns if "ttft" in t.durations_ms]
+    for record, m, ctx in zip(answered, metrics, contexts, strict=False):
+        if m.first_token is None or ctx.first_synthesize_at is None:
+            continue
+        record.durations_ms["llm_until_tts"] = round(
+            (ctx.first_synthesize_at - m.first_token) * 1000, 2
+        )
+        if ctx.engine_first_chunk_s is not None:
+            record.durations_ms["tts_engine"] = round(ctx.engine_first_chunk_s * 1000, 2)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -40,19 +40,18 @@ QUESTIONS = (
 
 
 def breakdown(log: Any) -> list[dict[str, float]]:
-    contexts = log.notes.get("tts_contexts", [])
     rows = []
-    for i, turn in enumerate(log.turns):
-        if turn.voice_to_voice_ms is None or i >= len(contexts):
+    for turn in log.turns:
+        d = turn.durations_ms
+        if turn.voice_to_voice_ms is None or "tts_engine" not in d:
             continue
-        d, ctx = turn.durations_ms, contexts[i]
         row = {
             "voice_to_voice": turn.voice_to_voice_ms,
             "end_of_turn_wait": d["end_of_turn_wait"],
             "stt_compute": d["stt_compute"],
             "llm_first_token": d["ttft"],
-            "llm_until_tts": ctx["llm_until_tts_ms"],
-            "tts_engine": ctx["engine_first_chunk_ms"],
+            "llm_until_tts": d["llm_until_tts"],
+            "tts_engine": d["tts_engine"],
         }
         row["framework"] = row["voice_to_voice"] - sum(
             row[k]
