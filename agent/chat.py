@@ -7,8 +7,12 @@ it can be scripted: ``printf 'Hi\\nWhat is two plus two?\\n' | voxloop chat``.
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import sys
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -123,13 +127,51 @@ def _read_lines(interactive: bool) -> list[str] | None:
     return [line.strip() for line in sys.stdin if line.strip()]
 
 
+@asynccontextmanager
+async def speaker_or_files(
+    rate: int, out: str | None, progress: Any
+) -> AsyncIterator[tuple[Any, WavFileOutput | None]]:
+    """The speaker when one exists (and --out was not given), else WAV files in --out."""
+    if out is None:
+        from agent.audio import AudioDeviceError
+        from plugins.sounddevice import SoundDeviceTransport
+
+        speaker = SoundDeviceTransport(rate, use_input=False)
+        try:
+            async with speaker.running():
+                progress("playing answers on the speaker")
+                yield speaker.output, None
+                await speaker.output.drain()
+            return
+        except AudioDeviceError as err:
+            progress(f"no speaker ({err}); writing answers to output/ instead")
+            out = "output"
+    files = WavFileOutput(rate, Path(out))
+    yield files, files
+
+
+def metrics_writer(path: str | None) -> Any:
+    """Per-turn metrics as structured events: JSON lines in ``path`` (and the
+    `voxloop.metrics` logger at INFO, for any log pipeline)."""
+    metrics_log = logging.getLogger("voxloop.metrics")
+
+    def write(result: TurnResult) -> None:
+        event = {"event": "turn", **result.metrics.to_dict(), "interrupted": result.interrupted}
+        metrics_log.info(json.dumps(event))
+        if path:
+            with open(path, "a", encoding="utf-8") as out:
+                out.write(json.dumps(event) + "\n")
+
+    return write
+
+
 def cmd_chat(args: argparse.Namespace) -> int:
     """Type a line, hear the answer."""
     settings = settings_from(args)
     progress = stderr_progress()
     interactive = sys.stdin.isatty()
     scripted = _read_lines(interactive)
-    out_dir = Path(args.out)
+    structured = metrics_writer(args.metrics_json)
 
     def show_text(piece: str) -> None:
         print(piece, end="", flush=True)
@@ -139,15 +181,16 @@ def cmd_chat(args: argparse.Namespace) -> int:
         print(f"  [{result.metrics.summary_line()}]", file=sys.stderr, flush=True)
         if result.error is not None:
             print(f"  [turn ended early: {result.error}]", file=sys.stderr, flush=True)
+        structured(result)
 
     async def main() -> None:
         async with (
             llm_endpoint(settings.llm_url, progress=progress) as llm_ep,
             tts_endpoint(settings.tts_url, progress=progress) as tts_ep,
+            speaker_or_files(settings.sample_rate, args.out, progress) as (output, files),
         ):
             progress(f"LLM: {llm_ep.describe()}")
             progress(f"TTS: {tts_ep.describe()}")
-            output = WavFileOutput(settings.sample_rate, out_dir)
             async with (
                 make_llm(settings, llm_ep) as llm,
                 make_tts(settings, tts_ep, settings.sample_rate) as tts,
@@ -177,7 +220,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
                     print("agent> ", end="", flush=True)
                     started = time.monotonic()
                     await session.respond(line, user_speech_end=started)
-                    path = output.save(f"chat-turn-{n}.wav")
+                    path = files.save(f"chat-turn-{n}.wav") if files is not None else None
                     if path is not None:
                         print(f"  [audio: {path}]", file=sys.stderr, flush=True)
 
@@ -191,11 +234,18 @@ def register(sub: Any) -> None:
         "chat",
         help="type a line, hear the answer (offline on the embedded defaults)",
         description="A text-in, voice-out conversation. Each answer streams into the TTS socket "
-        "word by word as the LLM produces it; the audio of each turn is written to --out. "
-        "Piped input is read one user turn per line.",
+        "word by word as the LLM produces it and plays on the speaker (or, with no sound "
+        "device or with --out, is written to WAV files). Piped input is read one user turn "
+        "per line, and the command exits at its end.",
     )
     add_agent_options(p)
     p.add_argument(
-        "--out", default="output", help="folder for each turn's WAV (default: %(default)s)"
+        "--out",
+        default=None,
+        help="write each answer to a WAV file in this folder instead of playing it "
+        "(default: the speaker when there is one, else output/)",
+    )
+    p.add_argument(
+        "--metrics-json", metavar="FILE", help="append each turn's metrics to FILE as JSON lines"
     )
     p.set_defaults(handler=cmd_chat)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -94,12 +95,15 @@ def test_unreachable_tts_url_is_a_clear_error(tmp_path: Path) -> None:
 
 @pytest.mark.engines
 def test_chat_reads_piped_turns_and_writes_audio(tmp_path: Path) -> None:
+    metrics = tmp_path / "metrics.jsonl"
     out = run(
         "chat",
         "--out",
         str(tmp_path),
         "--max-tokens",
         "30",
+        "--metrics-json",
+        str(metrics),
         stdin="Hello, who are you?\nWhat is two plus two?\n",
         timeout=240,
     )
@@ -109,3 +113,15 @@ def test_chat_reads_piped_turns_and_writes_audio(tmp_path: Path) -> None:
         with wave.open(str(tmp_path / f"chat-turn-{n}.wav")) as wav:
             assert wav.getframerate() == 16000 and wav.getnframes() > 16000 * 0.5
     assert "ttft" in out.stderr
+    events = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [e["turn"] for e in events] == [1, 2]
+    assert all(e["event"] == "turn" and e["durations_ms"]["ttft"] for e in events), events
+
+
+def test_chat_without_a_speaker_falls_back_to_files(tmp_path: Path) -> None:
+    # no --out: the speaker is tried first; on this machine (no sound device) the answers are
+    # written to output/ under the working directory instead, and the user is told so
+    out = run("chat", "--llm-url", "http://127.0.0.1:9/v1", stdin="", cwd=tmp_path, timeout=120)
+    if "playing answers on the speaker" in out.stderr:
+        pytest.skip("this machine has a speaker")
+    assert "writing answers to output/" in out.stderr
