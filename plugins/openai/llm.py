@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import re
 from collections.abc import AsyncGenerator, Sequence
-from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import openai
@@ -30,13 +27,12 @@ from agent.llm_errors import (
     LLMStreamError,
     LLMTimeoutError,
 )
+from plugins.openai.endpoint import describe_failure, resolve_endpoint
 
 __all__ = ["OpenAILLM"]
 
 log = logging.getLogger(__name__)
 
-_LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
-_KEY_LIKE = re.compile(r"sk-[A-Za-z0-9_\-*]{4,}")
 _CLOSE_GRACE_SECONDS = 1.0
 
 
@@ -96,18 +92,16 @@ class OpenAILLM:
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
 
-        resolved_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
-        self._display_url = _safe_url(resolved_url or "https://api.openai.com/v1")
-        key = api_key or os.environ.get("OPENAI_API_KEY") or None
+        endpoint = resolve_endpoint(base_url, api_key)
+        self._display_url = endpoint.display_url
+        key = endpoint.key
+        resolved_url = endpoint.url
         if key is None:
-            if resolved_url is not None and _is_loopback(resolved_url):
-                key = "local"
-            else:
-                raise LLMConfigError(
-                    f"No API key for {self._display_url}: set OPENAI_API_KEY (or pass api_key=). "
-                    "For a local OpenAI-compatible server, set OPENAI_BASE_URL to its "
-                    "http://127.0.0.1:PORT/v1 address; any placeholder key works there."
-                )
+            raise LLMConfigError(
+                f"No API key for {self._display_url}: set OPENAI_API_KEY (or pass api_key=). "
+                "For a local OpenAI-compatible server, set OPENAI_BASE_URL to its "
+                "http://127.0.0.1:PORT/v1 address; any placeholder key works there."
+            )
         self._key = key
         backstop = max(first_token_timeout, inter_token_timeout) * 2 + 5.0
         self._client = AsyncOpenAI(
@@ -214,7 +208,10 @@ class OpenAILLM:
                 delay = min(self.backoff_cap, self.backoff_base * 2 ** (attempt - 2))
                 log.info(
                     "LLM attempt %d/%d failed (%s); retrying in %.2f s",
-                    attempt - 1, self.max_attempts, last.detail, delay,
+                    attempt - 1,
+                    self.max_attempts,
+                    last.detail,
+                    delay,
                 )
                 await anyio.sleep(delay)
             try:
@@ -329,13 +326,7 @@ class OpenAILLM:
 
     def _describe(self, exc: BaseException) -> str:
         """The SDK error as one line, with anything key-like removed."""
-        status = getattr(exc, "status_code", None)
-        text = " ".join(str(exc).split()).rstrip(".") or type(exc).__name__
-        if len(text) > 300:
-            text = text[:300] + "…"
-        if status is not None and str(status) not in text:
-            text = f"HTTP {status}: {text}"
-        return _redact(text, self._key)
+        return describe_failure(exc, self._key)
 
 
 def _delta_text(chunk: ChatCompletionChunk) -> str | None:
@@ -370,23 +361,3 @@ async def _close_stream(chunks: AsyncStream[ChatCompletionChunk]) -> None:
             await chunks.close()
         except Exception as exc:  # closing a broken connection may fail; nothing to recover
             log.debug("closing the LLM stream failed: %r", type(exc).__name__)
-
-
-def _redact(text: str, key: str) -> str:
-    if key and len(key) >= 4:
-        text = text.replace(key, "[redacted]")
-    return _KEY_LIKE.sub("[redacted]", text)
-
-
-def _is_loopback(url: str) -> bool:
-    return (urlsplit(url).hostname or "") in _LOCAL_HOSTS
-
-
-def _safe_url(url: str) -> str:
-    """The URL without user:password, query or fragment (where secrets could hide)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))

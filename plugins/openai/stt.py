@@ -8,21 +8,16 @@ Authorization header only; no error message, log line or repr ever contains it.
 from __future__ import annotations
 
 import io
-import os
-import re
 import time
 import wave
-from urllib.parse import urlsplit, urlunsplit
 
 import openai
 from openai import AsyncOpenAI
 
 from agent.interfaces import Transcript
+from plugins.openai.endpoint import describe_failure, resolve_endpoint
 
 __all__ = ["OpenAISTT", "STTAuthError", "STTConfigError", "STTError", "pcm_to_wav"]
-
-_LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
-_KEY_LIKE = re.compile(r"sk-[A-Za-z0-9_\-*]{4,}")
 
 
 class STTError(RuntimeError):
@@ -63,18 +58,16 @@ class OpenAISTT:
         self.model = model
         self.language = language
         self.prompt = prompt
-        resolved_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
-        self._display_url = _safe_url(resolved_url or "https://api.openai.com/v1")
-        key = api_key or os.environ.get("OPENAI_API_KEY") or None
+        endpoint = resolve_endpoint(base_url, api_key)
+        self._display_url = endpoint.display_url
+        key = endpoint.key
+        resolved_url = endpoint.url
         if key is None:
-            if resolved_url is not None and _is_loopback(resolved_url):
-                key = "local"
-            else:
-                raise STTConfigError(
-                    f"No API key for speech to text at {self._display_url}: set OPENAI_API_KEY "
-                    "(or pass api_key=), or point OPENAI_BASE_URL at a local OpenAI-compatible "
-                    "server (any placeholder key works there)."
-                )
+            raise STTConfigError(
+                f"No API key for speech to text at {self._display_url}: set OPENAI_API_KEY "
+                "(or pass api_key=), or point OPENAI_BASE_URL at a local OpenAI-compatible "
+                "server (any placeholder key works there)."
+            )
         self._key = key
         self._client = AsyncOpenAI(
             api_key=key, base_url=resolved_url, timeout=timeout, max_retries=max_retries
@@ -154,15 +147,7 @@ class OpenAISTT:
         return STTError(f"Speech to text at {where} failed: {self._describe(exc)}")
 
     def _describe(self, exc: BaseException) -> str:
-        status = getattr(exc, "status_code", None)
-        text = " ".join(str(exc).split()) or type(exc).__name__
-        if len(text) > 300:
-            text = text[:300] + "…"
-        if status is not None and str(status) not in text:
-            text = f"HTTP {status}: {text}"
-        if len(self._key) >= 4:
-            text = text.replace(self._key, "[redacted]")
-        return _KEY_LIKE.sub("[redacted]", text)
+        return describe_failure(exc, self._key)
 
 
 def pcm_to_wav(pcm: bytes, sample_rate: int) -> bytes:
@@ -174,17 +159,3 @@ def pcm_to_wav(pcm: bytes, sample_rate: int) -> bytes:
         wav.setframerate(sample_rate)
         wav.writeframes(pcm)
     return buffer.getvalue()
-
-
-def _is_loopback(url: str) -> bool:
-    return (urlsplit(url).hostname or "") in _LOCAL_HOSTS
-
-
-def _safe_url(url: str) -> str:
-    """The URL without user:password, query or fragment (where secrets could hide)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
