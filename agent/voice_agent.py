@@ -25,7 +25,7 @@ from typing import Protocol
 import anyio
 import anyio.abc
 
-from agent.audio import AudioFrame, PlayoutBuffer
+from agent.audio import AudioDeviceError, AudioFrame, PlayoutBuffer
 from agent.bargein import Action, BargeInConfig, BargeInPolicy, EchoGuard
 from agent.conversation import ConversationLog, Segment, TurnRecord
 from agent.interfaces import STT
@@ -89,6 +89,8 @@ class VoiceAgent:
         self.log = ConversationLog(sample_rate=self.playout.sample_rate)
         self._tg: anyio.abc.TaskGroup | None = None
         self._turn_scope: anyio.CancelScope | None = None
+        self._listening: anyio.CancelScope | None = None
+        self._device_error: AudioDeviceError | None = None
         self._turn_done: anyio.Event | None = None
         self._record: TurnRecord | None = None
         self._onset: float | None = None
@@ -143,18 +145,29 @@ class VoiceAgent:
         """Listen and answer until the microphone ends (or ``until`` is set: a hang-up); a turn
         still running then is cancelled, with what was heard kept in the history.
 
+        Raises `AudioDeviceError` (itself, not in an exception group) if the microphone or the
+        speaker is lost: listening stops, the running turn ends as on a hang-up (cleanup done,
+        heard words kept), one WARNING is logged and the status goes to "device lost".
+
         Cancelling stops listening and cancels the running turn (its cleanup is shielded).
         """
         self._status("listening")
         async with anyio.create_task_group() as tg:
             self._tg = tg
-            async for frame in self.transport.mic_frames():
-                self.handle_frame(frame)
-                if until is not None and until.is_set():
-                    break
+            with anyio.CancelScope() as listening:
+                self._listening = listening
+                try:
+                    async for frame in self.transport.mic_frames():
+                        self.handle_frame(frame)
+                        if until is not None and until.is_set():
+                            break
+                except AudioDeviceError as err:
+                    self._device_lost(err)
             self._hang_up()
             if self._turn_done is not None:
                 await self._turn_done.wait()
+        if self._device_error is not None:
+            raise self._device_error
         return self.log
 
     def _hang_up(self) -> None:
@@ -162,9 +175,20 @@ class VoiceAgent:
         (its cleanup runs, the history keeps what was heard); queued turns do not start."""
         self._closed = True
         if self._record is not None:
-            self._record.error = "conversation ended"
+            lost = self._device_error
+            self._record.error = "conversation ended" if lost is None else str(lost)
         if not self.session.interrupt() and self._turn_scope is not None:
             self._turn_scope.cancel()
+
+    def _device_lost(self, error: AudioDeviceError) -> None:
+        """The microphone or the speaker is gone: stop listening; `run` raises `error` once the
+        running turn has ended. Reported once (the first loss wins)."""
+        if self._device_error is None:
+            self._device_error = error
+            log.warning("audio device lost, conversation ended: %s", error)
+            self._status("device lost", str(error))
+        if self._listening is not None:
+            self._listening.cancel()
 
     def handle_frame(self, frame: AudioFrame) -> None:
         """VAD + barge-in for one microphone frame; acts at once (synchronous)."""
@@ -249,7 +273,14 @@ class VoiceAgent:
                 if len(record.transcript) < self.config.min_transcript_chars:
                     record.error = "nothing understood"
                     return
-                result = await self.session.respond(record.transcript)
+                try:
+                    result = await self.session.respond(record.transcript)
+                except Exception as err:  # the speaker lost mid-answer: end the conversation
+                    lost = _device_error(err)
+                    if lost is None:
+                        raise
+                    record.error, record.interrupted = str(lost), True
+                    self._device_lost(lost)
             if result is not None:
                 self._finish_record(record, result)
         finally:
@@ -259,7 +290,8 @@ class VoiceAgent:
                 self.playout.clear()  # anything that slipped in before the cancel landed
                 self.playout.paused = False
             self._silent_at = None
-            self._status("listening")
+            if self._device_error is None:
+                self._status("listening")
             if self.on_turn is not None:
                 self.on_turn(record)
             done.set()
@@ -303,3 +335,15 @@ class VoiceAgent:
         if self._record is not None:
             self._record.first_audio_byte = self.now()
             self._status("speaking")
+
+
+def _device_error(err: BaseException) -> AudioDeviceError | None:
+    """The `AudioDeviceError` that `err` is (or that task groups wrapped), else None."""
+    if isinstance(err, BaseExceptionGroup):
+        match, rest = err.split(AudioDeviceError)
+        if match is None or rest is not None:
+            return None
+        err = match
+        while isinstance(err, BaseExceptionGroup):
+            err = err.exceptions[0]  # all of them are device errors: the first one
+    return err if isinstance(err, AudioDeviceError) else None

@@ -3,16 +3,12 @@
 The first tests adapt to this machine (PortAudio missing, present without devices, or present
 with devices) and check the real library's behaviour. The rest script device faults with
 `FakeSoundDevice`, a stand-in for the sounddevice module whose streams call back from a real
-thread, to check the transport's hand-over and failure handling.
+thread (tests/fakes/sounddevice.py), to check the transport's hand-over and failure handling.
 """
 
 from __future__ import annotations
 
 import importlib
-import threading
-import time
-from collections.abc import Callable
-from types import SimpleNamespace
 from typing import Any
 
 import anyio
@@ -27,6 +23,7 @@ from plugins.sounddevice import (
     resolve_device,
 )
 from plugins.sounddevice import transport as sd_transport
+from tests.fakes.sounddevice import FakeSoundDevice, device
 
 pytestmark = pytest.mark.anyio
 
@@ -106,137 +103,6 @@ def test_missing_sounddevice_package_names_the_extra(monkeypatch: pytest.MonkeyP
 
 
 # -- scripted devices ----------------------------------------------------------------------------
-
-
-class FakePortAudioError(Exception):
-    pass
-
-
-class FakeCallbackAbort(Exception):
-    pass
-
-
-class FakeStream:
-    """A callback stream driven by a real thread, like PortAudio's."""
-
-    def __init__(
-        self,
-        kind: str,
-        *,
-        samplerate: int,
-        blocksize: int,
-        device: int,
-        channels: int,
-        dtype: str,
-        latency: Any,
-        callback: Callable[..., None],
-        finished_callback: Callable[[], None],
-        source: Callable[[int], bytes] | None = None,
-        deliver: bool | str = True,
-    ) -> None:
-        assert channels == 1 and dtype == "int16"
-        self.kind, self.blocksize, self.device = kind, blocksize, device
-        self.callback, self.finished_callback = callback, finished_callback
-        self.source, self.deliver = source, deliver
-        self.played = bytearray()
-        self.active = False
-        self.calls = 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.period = blocksize / samplerate
-
-    def start(self) -> None:
-        self.active = True
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        flags = SimpleNamespace(input_overflow=False, output_underflow=False)
-        block = 0
-        if self.deliver == "hang":  # started, but the callback never runs
-            self._stop.wait()
-        while not self._stop.is_set() and self.deliver is True:
-            try:
-                if self.kind == "input":
-                    assert self.source is not None
-                    self.callback(self.source(block), self.blocksize, None, flags)
-                else:
-                    out = bytearray(self.blocksize * 2)
-                    self.callback(out, self.blocksize, None, flags)
-                    self.played += out
-            except FakeCallbackAbort:
-                break
-            self.calls += 1
-            block += 1
-            time.sleep(self.period / 4)  # faster than real time; tests need not wait
-        self.active = False
-        if not self._stop.is_set():
-            self.finished_callback()
-
-    def die(self) -> None:
-        """The device disappears: no more callbacks, PortAudio reports the stream finished."""
-        self.deliver = False
-
-    def abort(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(5)
-        self.active = False
-
-    def close(self) -> None:
-        pass
-
-
-class FakeSoundDevice:
-    """Enough of the sounddevice module for the transport, with scriptable devices."""
-
-    PortAudioError = FakePortAudioError
-    CallbackAbort = FakeCallbackAbort
-
-    def __init__(self, devices: list[dict[str, Any]], default: tuple[int, int] = (0, 0)) -> None:
-        self._devices = devices
-        self.default = SimpleNamespace(device=list(default))
-        self.streams: list[FakeStream] = []
-        self.input_source: Callable[[int], bytes] = lambda block: bytes(640)
-        self.input_delivers: bool | str = True
-        self.refuse_rate: int | None = None
-
-    def query_devices(self, device: int | None = None) -> Any:
-        if device is None:
-            return [dict(d, index=i) for i, d in enumerate(self._devices)]
-        return dict(self._devices[device], index=device)
-
-    def query_hostapis(self) -> list[dict[str, str]]:
-        return [{"name": "FakeAPI"}]
-
-    def _check(self, device: int, channels: int, dtype: str, samplerate: int) -> None:
-        if samplerate == self.refuse_rate:
-            raise FakePortAudioError("Invalid sample rate", -9997)
-
-    check_input_settings = _check
-    check_output_settings = _check
-
-    def RawInputStream(self, **kwargs: Any) -> FakeStream:
-        stream = FakeStream(
-            "input", source=self.input_source, deliver=self.input_delivers, **kwargs
-        )
-        self.streams.append(stream)
-        return stream
-
-    def RawOutputStream(self, **kwargs: Any) -> FakeStream:
-        stream = FakeStream("output", **kwargs)
-        self.streams.append(stream)
-        return stream
-
-
-def device(name: str, inputs: int, outputs: int) -> dict[str, Any]:
-    return {
-        "name": name,
-        "max_input_channels": inputs,
-        "max_output_channels": outputs,
-        "default_samplerate": 48000.0,
-        "hostapi": 0,
-    }
 
 
 @pytest.fixture

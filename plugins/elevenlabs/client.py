@@ -392,8 +392,8 @@ class _Socket:
             self._close_all(None)
         except ConnectionClosed as err:
             self._close_all(self._lost(err))
-        finally:
-            self.alive = False
+        # Cancelled (the session is shutting down): the socket itself is still open, so the
+        # shutdown can still say close_socket on it; `alive` only goes False when it closed.
 
     async def _route(self, event: object) -> None:
         if isinstance(event, AudioReceived):
@@ -528,14 +528,18 @@ class ElevenLabsTTS:
         tb: TracebackType | None,
     ) -> bool | None:
         assert self._tg is not None
-        with anyio.move_on_after(2.0, shield=True):
+        # A normal exit lets the server finish what was flushed (up to ~2 s, as real clients
+        # wait); on cancellation or an error, close_socket is still said but not waited for.
+        graceful = exc_type is None
+        with anyio.move_on_after(2.5 if graceful else 0.5, shield=True):
             sock = self._socket
             if sock is not None and sock.alive and self.config.multi:
                 try:
                     sock.protocol.close_socket(time.monotonic())
                     await sock.send_pending()
-                    with anyio.move_on_after(1.0):
-                        await sock.ws.wait_closed()
+                    if graceful:
+                        with anyio.move_on_after(2.0):
+                            await sock.ws.wait_closed()
                 except TTSError:
                     pass
             if sock is not None:
@@ -558,6 +562,7 @@ class ElevenLabsTTS:
                         compression=None,
                         open_timeout=None,
                         ping_interval=20,
+                        close_timeout=1.0,
                         logger=redacting_logger("voxloop.tts.socket"),
                     )
             except InvalidStatus as err:

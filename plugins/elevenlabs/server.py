@@ -27,6 +27,7 @@ import logging
 import math
 import re
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -65,6 +66,8 @@ log = logging.getLogger("voxloop.tts_server")
 SOCKET_MAX_FRAME = 4 * 1024 * 1024
 #: Longest audio carried by one frame, so frames stay far below clients' 1 MiB default limit.
 MAX_FRAME_SECONDS = 1.0
+#: How many recent contexts' timings `ServerStats` keeps.
+STATS_WINDOW = 1000
 #: A context's first frame is short, so its bytes leave after encoding only this much.
 FIRST_FRAME_SECONDS = 0.2
 
@@ -108,16 +111,17 @@ class SpeechEngine(Protocol):
 
 @dataclass
 class ServerStats:
-    """Counters a test or a benchmark can read."""
+    """Counters a test or a benchmark can read. The per-context series keep the most recent
+    `STATS_WINDOW` entries, so a server that runs for days does not grow."""
 
     connections: int = 0
     active_connections: int = 0
     frames_in: int = 0
     audio_frames_out: int = 0
     errors_sent: int = 0
-    engine_first_chunk_s: list[float] = field(default_factory=list)
-    first_frame_sent_s: list[float] = field(default_factory=list)
-    contexts: list[ContextTiming] = field(default_factory=list)
+    engine_first_chunk_s: deque[float] = field(default_factory=lambda: deque(maxlen=STATS_WINDOW))
+    first_frame_sent_s: deque[float] = field(default_factory=lambda: deque(maxlen=STATS_WINDOW))
+    contexts: deque[ContextTiming] = field(default_factory=lambda: deque(maxlen=STATS_WINDOW))
     abandoned_items: int = 0  # queued text of closed contexts not synthesized
 
 
@@ -468,10 +472,16 @@ class LocalTTSServer:
         self.limiter = anyio.CapacityLimiter(max_concurrent_synthesis)
         self.stats = ServerStats()
         self._server: Server | None = None
+        self._live: set[_Connection] = set()
         self._model_noted = False
 
     def __repr__(self) -> str:
         return f"LocalTTSServer(url={self.url!r}, strict_voices={self.strict_voices})"
+
+    @property
+    def active_contexts(self) -> int:
+        """Contexts counted (toward each connection's limit of 5) on every live connection."""
+        return sum(conn.protocol.active_contexts for conn in list(self._live))
 
     @property
     def url(self) -> str:
@@ -537,7 +547,11 @@ class LocalTTSServer:
                 return
             conn = _Connection(self, ws, params, fmt, Secret(header) if header else None)
             log.debug("connection from %s: %s", conn.peer, split.path)
-            await conn.run()
+            self._live.add(conn)
+            try:
+                await conn.run()
+            finally:
+                self._live.discard(conn)
         except Exception:
             log.exception("connection failed")
             with anyio.CancelScope(shield=True):

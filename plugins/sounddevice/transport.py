@@ -14,7 +14,8 @@ Threads and hand-over:
   `mic_overruns`.
 
 Device loss: a stream that stops on its own (PortAudio's finished callback while we did not ask
-it to stop), an exception in a callback, or no input for `stall_timeout_s` records one
+it to stop), an exception in a callback, no input for `stall_timeout_s`, or an output device that
+takes no audio for `stall_timeout_s` while the speaker waits on it, records one
 `AudioDeviceError` (the first wins). `mic_frames()` raises it, and `output.play()` /
 `output.drain()` raise it instead of waiting forever. Nothing retries in a loop.
 """
@@ -27,6 +28,7 @@ import socket
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from time import monotonic
 from types import ModuleType
 from typing import Any, Literal
 
@@ -245,7 +247,10 @@ class SoundDeviceTransport:
         self.latency = latency
         self.stall_timeout_s = stall_timeout_s
         self._playout = PlayoutBuffer(sample_rate, max_output_seconds)
-        self._output = SoundDeviceOutput(self._playout, lambda: self._error)
+        self._output = SoundDeviceOutput(self._playout, self._output_failure)
+        self._out_position = -1  # output clock at the last look, and when it was taken
+        self._out_seen_at = 0.0
+        self._names: dict[Kind, str] = {}  # the opened devices' names, for messages
         self._frames: queue.Queue[bytes] = queue.Queue(maxsize=mic_queue_blocks)
         self._error_lock = threading.Lock()
         self._error: AudioDeviceError | None = None
@@ -345,13 +350,38 @@ class SoundDeviceTransport:
                 if not await self._wait_for_wakeup():
                     self._fail(
                         AudioDeviceError(
-                            f"no audio from the input device for {self.stall_timeout_s:g} s "
+                            f"no audio from {self._device('input')} for "
+                            f"{self.stall_timeout_s:g} s "
                             "(unplugged, or taken by another program?); check it and restart, "
-                            "or pick another one with --input-device"
+                            "or pick another one with --input (see `voxloop devices`)"
                         )
                     )
                 continue
             yield AudioFrame(pcm, self.sample_rate)
+
+    def _device(self, kind: Kind) -> str:
+        name = self._names.get(kind)
+        return f"the {kind} device" + (f" {name!r}" if name else "")
+
+    def _output_failure(self) -> AudioDeviceError | None:
+        """The device failure, if any; the speaker's waits call this (every 0.25 s at most).
+
+        It also notices an output device that stopped calling back without a word (a hung
+        driver, no finished report): the output clock has not moved for `stall_timeout_s`.
+        """
+        if self._error is None and self._running and self.use_output:
+            now, position = monotonic(), self._playout.position
+            if position != self._out_position:
+                self._out_position, self._out_seen_at = position, now
+            elif now - self._out_seen_at >= self.stall_timeout_s:
+                self._fail(
+                    AudioDeviceError(
+                        f"{self._device('output')} took no audio for {self.stall_timeout_s:g} s "
+                        "(unplugged, or taken by another program?); check it and restart, "
+                        "or pick another one with --output (see `voxloop devices`)"
+                    )
+                )
+        return self._error
 
     async def _wait_for_wakeup(self) -> bool:
         """Wait for the callback's wake-up byte; False after `stall_timeout_s` of nothing."""
@@ -373,6 +403,7 @@ class SoundDeviceTransport:
         spec = self.input_device if kind == "input" else self.output_device
         index = resolve_device(spec, kind, sd)
         name = str(sd.query_devices(index)["name"])
+        self._names[kind] = name
         check = sd.check_input_settings if kind == "input" else sd.check_output_settings
         try:
             check(device=index, channels=1, dtype="int16", samplerate=self.sample_rate)

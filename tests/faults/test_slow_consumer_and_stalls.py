@@ -51,8 +51,7 @@ async def test_slow_consumer_gets_backpressure_not_dropped_audio() -> None:
 async def test_server_that_goes_silent_after_the_flush_times_out() -> None:
     """The server stays connected but stops sending mid-answer. Pass: TTSTimeoutError after
     audio_timeout (+1 s), not a hang."""
-    plan = Script((Expect("flush"), SendAudio(tone_pcm(10, 16000), chars="x" * 10),
-                   Pause(60)))
+    plan = Script((Expect("flush"), SendAudio(tone_pcm(10, 16000), chars="x" * 10), Pause(60)))
     async with ScriptedTTSServer([plan]) as fake:
         config = TTSConfig(output_format="pcm_16000", audio_timeout=1.0)
         async with ElevenLabsTTS(config, base_url=fake.url) as tts:
@@ -107,4 +106,3 @@ async def test_ten_barge_ins_in_one_second_stay_within_the_context_limit(piper_e
     assert all(r.interrupted and r.error is None for r in results), [r.error for r in results]
     assert peak <= MAX_CONTEXTS
     assert after <= before
-

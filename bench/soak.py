@@ -1,0 +1,320 @@
+"""Soak: a long conversation with a barge-in every 5 s, watching for leaks.
+
+    python -m bench.soak --minutes 30        (default; --minutes 1 for a quick check)
+
+The user speaks every 5 s on the virtual transport, in real time; the agent answers each time at
+length (`ScriptedChatServer`, a fake for pacing: long answers, the first 16 words at once, then
+~7 words/s) through the real local TTS server (piper) and the real TTS client, so every
+utterance after the first lands while the agent speaks: a barge-in, then a new turn. STT is the
+real whisper tiny.en (once per utterance, ~0.1-0.3 s of CPU: bounded at one call every 5 s), so
+everything but the LLM is real.
+
+Every 10 s (stream time) one sample: resident memory (VmRSS), open file descriptors, asyncio
+tasks, open TTS contexts on the client (its protocol's `counted_contexts`) and on the server (the
+live connections' `active_contexts`), barge-ins and turns so far. At the end: a table (first,
+last, max, slope per 10 min for each resource) and JSON in bench/results/soak.json.
+
+"Flat": after a warm-up (the first min(2 min, 25 %) of the run: lazy imports, allocator
+arenas growing to the engines' working sets), a least-squares line is fitted to the samples. A
+resource is flat when its slope is within noise: either the drift the line predicts over the
+measured window (|slope| x window) stays under a floor that matters in practice (memory 5 MB,
+fds 1, tasks 2, contexts 1), or the slope is within two standard errors of zero (the samples
+show no trend at all; memory jumps by ~20 MB between samples as the engines' allocators
+breathe, so a short run needs the second test). A leak that grows with turns passes neither;
+a run of a few minutes catches only gross leaks; 30 minutes reliably catches 5 MB per 10 min.
+
+Not the framework's memory, so kept out of the figures: the fake LLM server's own request log is
+cleared at each sample, and the transport records no audio. The session history does grow by
+two short messages per turn (a real conversation keeps them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import anyio
+
+from agent.audio import resample
+from agent.session import Session
+from agent.vad import VadConfig
+from agent.voice_agent import VoiceAgent, VoiceAgentConfig
+from bench._report import write_json
+from plugins.elevenlabs.client import ElevenLabsTTS, TTSConfig
+from plugins.elevenlabs.server import LocalTTSServer
+from plugins.local.piper_tts import PiperEngine
+from plugins.local.whisper_stt import WhisperSTT
+from plugins.openai.llm import OpenAILLM
+from plugins.virtual.transport import VirtualTransport
+from tests.fakes.scripted_llm import RecordedRequest, Reply, ScriptedChatServer, StreamReply, Token
+
+RATE = 16000
+PERIOD_S = 5.0  # one user utterance every 5 s: from the second on, each is a barge-in
+FIRST_AT_S = 1.0
+SAMPLE_EVERY_S = 10.0
+USER_LINES = (
+    "Tell me about the moon.",
+    "Wait, tell me about the sun instead.",
+    "No, tell me about the stars.",
+    "Stop, tell me about the sea.",
+)
+ANSWER = (
+    "Here is a long answer so that the user has time to interrupt it. It goes on about the "
+    "weather, the tides, the phases of the moon and the history of space travel, and it "
+    "would keep going for quite a while if nobody stopped it. It could describe the seasons, "
+    "the stars that sailors used to find their way, the first telescopes, and the long quiet "
+    "nights when people watched the sky and wondered what was out there beyond the clouds."
+)
+FAST_WORDS = 16
+WORD_DELAY_S = 0.15
+#: Below this drift a counter counts as flat whatever the noise (units of each metric).
+FLOORS = {
+    "rss_mb": 5.0,
+    "fds": 1.0,
+    "tasks": 2.0,
+    "client_contexts": 1.0,
+    "server_contexts": 1.0,
+}
+
+
+@dataclass
+class Sample:
+    """One look at the process, at stream time `t` (seconds)."""
+
+    t: float
+    rss_mb: float
+    fds: int
+    tasks: int
+    client_contexts: int
+    server_contexts: int
+    barge_ins: int
+    turns: int
+    cpu_s: float
+
+
+def rss_mb() -> float:
+    """Resident memory of this process (VmRSS), in MB."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return math.nan
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+# -- the server's open contexts: a look at its live connections -----------------------------------
+
+
+def client_contexts(tts: ElevenLabsTTS) -> int:
+    sock = tts._socket  # instrumentation: the live socket's protocol, if one is open
+    return sock.protocol.counted_contexts if sock is not None and sock.alive else 0
+
+
+# -- the run -----------------------------------------------------------------------------------
+
+
+def answer_reply(request: RecordedRequest) -> Reply:
+    """The long answer: its first `FAST_WORDS` at once (the agent is speaking within ~0.5 s of
+    the end of the user's turn), the rest `WORD_DELAY_S` apart (still streaming at the barge-in,
+    and the TTS engine's work stays bounded)."""
+    words = [w if i == 0 else " " + w for i, w in enumerate(ANSWER.split(" "))]
+    return StreamReply(
+        tuple(Token(w, 0.0 if i < FAST_WORDS else WORD_DELAY_S) for i, w in enumerate(words))
+    )
+
+
+async def speak_every_period(
+    transport: VirtualTransport, utterances: list[bytes], count: int
+) -> None:
+    """Inject the user's next utterance every `PERIOD_S` (a bounded count). Cancelling stops."""
+    for k in range(count):
+        at = FIRST_AT_S + k * PERIOD_S
+        await transport.wait_until(at - 0.5)
+        transport.inject(
+            utterances[k % len(utterances)], at_seconds=max(at, transport.clock_seconds)
+        )
+
+
+async def run(minutes: float) -> dict[str, Any]:
+    engine = await anyio.to_thread.run_sync(PiperEngine.load)
+    stt = WhisperSTT()
+    await anyio.to_thread.run_sync(stt.load)
+    utterances = [
+        resample(b"".join(c.pcm for c in engine.synthesize(line)), engine.sample_rate, RATE)
+        for line in USER_LINES
+    ]
+    duration = minutes * 60
+    n_utterances = int((duration - FIRST_AT_S - 2.0) // PERIOD_S) + 1
+    n_samples = int(duration // SAMPLE_EVERY_S) + 1
+    transport = VirtualTransport(
+        RATE, block_ms=20, realtime=True, duration_s=duration + 0.5, max_record_s=0.0
+    )
+    samples: list[Sample] = []
+    fds_before, tasks_before = open_fds(), len(asyncio.all_tasks())
+    started = time.monotonic()
+    with anyio.fail_after(duration + 120):
+        async with (
+            ScriptedChatServer(answer_reply) as fake_llm,
+            LocalTTSServer(engine) as server,
+            OpenAILLM("scripted", base_url=fake_llm.base_url) as llm,
+            ElevenLabsTTS(TTSConfig(output_format=f"pcm_{RATE}"), base_url=server.url) as tts,
+        ):
+            session = Session(llm, tts, transport.output)
+            agent = VoiceAgent(
+                session, stt, transport, config=VoiceAgentConfig(vad=VadConfig(min_silence_ms=400))
+            )
+
+            async def sample_every_period() -> None:
+                """One sample every `SAMPLE_EVERY_S` of stream time (a bounded count)."""
+                for i in range(n_samples):
+                    await transport.wait_until(i * SAMPLE_EVERY_S)
+                    fake_llm.requests.clear()  # the fake's own log: not the framework's memory
+                    sample = Sample(
+                        t=round(transport.clock_seconds, 2),
+                        rss_mb=round(rss_mb(), 2),
+                        fds=open_fds(),
+                        tasks=len(asyncio.all_tasks()),
+                        client_contexts=client_contexts(tts),
+                        server_contexts=server.active_contexts,
+                        barge_ins=agent.barge_ins,
+                        turns=len(agent.log.turns),
+                        cpu_s=round(time.process_time(), 2),
+                    )
+                    samples.append(sample)
+                    print(
+                        f"  t={sample.t:6.0f} s  rss {sample.rss_mb:7.1f} MB  fds {sample.fds:3d}"
+                        f"  tasks {sample.tasks:3d}  contexts {sample.client_contexts}/"
+                        f"{sample.server_contexts}  barge-ins {sample.barge_ins:4d}"
+                        f"  turns {sample.turns:4d}",
+                        flush=True,
+                    )
+
+            async with transport.running(), anyio.create_task_group() as tg:
+                tg.start_soon(speak_every_period, transport, utterances, n_utterances)
+                tg.start_soon(sample_every_period)
+                await agent.run()  # ends with the transport's duration
+                tg.cancel_scope.cancel()
+    wall = time.monotonic() - started
+    await anyio.sleep(0.2)  # let closed sockets' callbacks run
+    after = {"fds": open_fds(), "tasks": len(asyncio.all_tasks())}
+    return {
+        "minutes": minutes,
+        "stt": "whisper tiny.en (real)",
+        "llm": f"ScriptedChatServer (fake): long answers, {FAST_WORDS} words at once, then 1 "
+        f"word per {WORD_DELAY_S * 1000:.0f} ms",
+        "tts": "LocalTTSServer + piper (real)",
+        "utterances": n_utterances,
+        "barge_ins": agent.barge_ins,
+        "turns": len(agent.log.turns),
+        "wall_s": round(wall, 1),
+        "cpu_s": round(time.process_time(), 1),
+        "history_messages": len(session.history),
+        "turns_with_heard_words": sum(1 for t in agent.log.turns if t.heard_text),
+        "before": {"fds": fds_before, "tasks": tasks_before},
+        "after_shutdown": after,
+        "samples": [asdict(s) for s in samples],
+    }
+
+
+# -- the verdict -------------------------------------------------------------------------------
+
+
+def fit(ts: list[float], ys: list[float]) -> tuple[float, float]:
+    """Least-squares slope (per second) and its standard error."""
+    n = len(ts)
+    if n < 3:
+        return 0.0, math.inf
+    mt, my = statistics.fmean(ts), statistics.fmean(ys)
+    sxx = sum((t - mt) ** 2 for t in ts)
+    if not sxx:
+        return 0.0, math.inf
+    slope = sum((t - mt) * (y - my) for t, y in zip(ts, ys, strict=True)) / sxx
+    residuals = [y - (my + slope * (t - mt)) for t, y in zip(ts, ys, strict=True)]
+    return slope, math.sqrt(sum(r * r for r in residuals) / (n - 2) / sxx)
+
+
+def judge(samples: list[dict[str, Any]], duration: float) -> dict[str, dict[str, Any]]:
+    """Per resource: first, last, max, slope per 10 min and whether it is flat (see above)."""
+    warmup = min(120.0, 0.25 * duration)
+    kept = [s for s in samples if s["t"] >= warmup] or samples
+    ts = [float(s["t"]) for s in kept]
+    window = (ts[-1] - ts[0]) if len(ts) > 1 else 0.0
+    verdicts: dict[str, dict[str, Any]] = {}
+    for metric, floor in FLOORS.items():
+        slope, error = fit(ts, [float(s[metric]) for s in kept])
+        drift = abs(slope) * window
+        verdicts[metric] = {
+            "first": samples[0][metric],
+            "last": samples[-1][metric],
+            "max": max(s[metric] for s in samples),
+            "slope_per_10min": round(slope * 600, 3),
+            "slope_stderr_per_10min": round(error * 600, 3) if math.isfinite(error) else None,
+            "drift_over_window": round(drift, 3),
+            "floor": floor,
+            "flat": drift <= floor or abs(slope) <= 2 * error,
+        }
+    return verdicts
+
+
+def print_summary(result: dict[str, Any], verdicts: dict[str, dict[str, Any]]) -> None:
+    head = ("metric", "first", "last", "max", "slope / 10 min (± 2 SE)", "drift (floor)", "")
+    rows = [head]
+    for metric, v in verdicts.items():
+        error = v["slope_stderr_per_10min"]
+        rows.append(
+            (
+                metric,
+                f"{v['first']:g}",
+                f"{v['last']:g}",
+                f"{v['max']:g}",
+                f"{v['slope_per_10min']:+.3f}" + (f" (± {2 * error:.3f})" if error else ""),
+                f"{v['drift_over_window']:.2f} ({v['floor']:g})",
+                "flat" if v["flat"] else "GROWING",
+            )
+        )
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(head))]
+    print(
+        f"\nSoak, {result['minutes']:g} min: {result['utterances']} utterances, "
+        f"{result['barge_ins']} barge-ins, {result['turns']} turns "
+        f"({result['turns_with_heard_words']} with words heard before the cut), "
+        f"CPU {result['cpu_s']} s in {result['wall_s']} s"
+    )
+    for i, row in enumerate(rows):
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)))
+        if i == 0:
+            print("-" * (sum(widths) + 2 * (len(widths) - 1)))
+    before, after = result["before"], result["after_shutdown"]
+    print(
+        f"after shutdown: fds {after['fds']} (before start {before['fds']}), "
+        f"tasks {after['tasks']} (before start {before['tasks']})"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--minutes", type=float, default=30.0, help="length of the run (30)")
+    args = parser.parse_args()
+    if args.minutes < 0.5:
+        parser.error("--minutes must be at least 0.5 (a few samples are needed)")
+    result = anyio.run(run, args.minutes)
+    verdicts = judge(result["samples"], args.minutes * 60)
+    print_summary(result, verdicts)
+    result["verdicts"] = verdicts
+    result["flat"] = all(v["flat"] for v in verdicts.values())
+    write_json("soak", json.loads(json.dumps(result)))
+
+
+if __name__ == "__main__":
+    main()
