@@ -8,11 +8,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import anyio
+import anyio.lowlevel
 
 from agent.interfaces import ChatMessage
 
@@ -20,16 +24,22 @@ from agent.interfaces import ChatMessage
 class FakeTokenLLM:
     """Yields `tokens` per call of `stream`; `yielded_at[i]` is when token i was yielded."""
 
-    def __init__(self, tokens: Sequence[str], delay: float = 0.0) -> None:
+    def __init__(self, tokens: Sequence[str], delay: float = 0.0, *, spin: bool = False) -> None:
         self.tokens = list(tokens)
         self.delay = delay
+        self.spin = spin  # pace by busy-waiting: the CPU never idles between tokens
         self.yielded_at: list[float] = []
         self.ended_at: float | None = None
 
     async def stream(self, messages: Sequence[ChatMessage]) -> AsyncIterator[str]:
         self.yielded_at = []
         for token in self.tokens:
-            if self.delay:
+            if self.delay and self.spin:
+                until = time.monotonic() + self.delay
+                while time.monotonic() < until:
+                    pass
+                await anyio.lowlevel.checkpoint()
+            elif self.delay:
                 await anyio.sleep(self.delay)
             self.yielded_at.append(time.monotonic())
             yield token
@@ -62,3 +72,29 @@ class FakeSilentEngine:
             char_start_ms=tuple(10.0 * i for i in range(n)),
             char_duration_ms=(10.0,) * n,
         )
+
+
+@asynccontextmanager
+async def silent_server_process() -> AsyncIterator[str]:
+    """Start `bench.silent_server` in a child process; yield its URL; stop it after."""
+    process = await anyio.open_process(
+        [sys.executable, "-m", "bench.silent_server", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert process.stdout is not None
+        with anyio.fail_after(30):
+            line = b""
+            async for chunk in process.stdout:
+                line += chunk
+                if b"\n" in line:
+                    break
+        text = line.decode().strip()
+        if not text.startswith("ready "):
+            raise RuntimeError(f"silent server did not start: {text!r}")
+        yield text.split(" ", 1)[1]
+    finally:
+        process.terminate()
+        with anyio.move_on_after(5, shield=True):
+            await process.wait()

@@ -1,9 +1,13 @@
 """The turn pipeline's own overhead, and first token / first audio with the real local engines.
 
-Part 1 (framework overhead; FakeTokenLLM in process, real client, real local server with
-FakeSilentEngine so synthesis does not dominate):
+Part 1 (framework overhead; FakeTokenLLM in process, real client, and the real local server
+with FakeSilentEngine, so synthesis does not dominate, in its own process as a TTS server is:
+sharing one event loop with it would bill the server's work to the client):
 - per-token overhead: LLM delta handed to the framework -> its text frame written to the socket
-  (p50 target <= 50 us, p99 <= 250 us), tokens paced 2 ms apart like a fast LLM;
+  (p50 target <= 50 us, p99 <= 250 us), tokens paced 2 ms apart like a fast LLM. Paced by
+  busy-waiting, so the figure is the framework's work; the same run paced by sleeping is shown
+  too: on an idle (virtual) machine every token then also pays the CPU's wake-up from idle,
+  which is the machine's cost, not the framework's (tokens back to back are shown as well);
 - last token -> flush written (target <= 1 ms);
 - sustained throughput with tokens as fast as possible (target >= 5,000 tokens/s), in process
   and through the openai SDK over HTTP from ScriptedChatServer.
@@ -26,7 +30,7 @@ from agent.file_output import WavFileOutput
 from agent.session import Session
 from agent.text import TextChunker
 from bench._report import print_table, summary, verdict, write_json
-from bench.fakes import FakeSilentEngine, FakeTokenLLM
+from bench.fakes import FakeTokenLLM, silent_server_process
 from plugins.elevenlabs.client import ElevenLabsTTS, TTSConfig
 from plugins.elevenlabs.server import LocalTTSServer
 
@@ -63,18 +67,18 @@ def piece_owners(tokens: list[str]) -> list[int]:
     return owners
 
 
-async def framework_run(n_tokens: int, delay: float) -> dict[str, Any]:
+async def framework_run(n_tokens: int, delay: float, spin: bool = False) -> dict[str, Any]:
     tokens = llm_tokens(n_tokens)
     sent: list[tuple[float, dict[str, Any]]] = []
-    llm = FakeTokenLLM(tokens, delay=delay)
-    async with LocalTTSServer(FakeSilentEngine()) as server:
+    llm = FakeTokenLLM(tokens, delay=delay, spin=spin)
+    async with silent_server_process() as url:
         config = TTSConfig(output_format="pcm_16000", voice_id="silent")
 
         def listen(direction: str, when: float, frame: str) -> None:
             if direction == "out":
                 sent.append((when, json.loads(frame)))
 
-        async with ElevenLabsTTS(config, base_url=server.url, frame_listener=listen) as tts:
+        async with ElevenLabsTTS(config, base_url=url, frame_listener=listen) as tts:
             with tempfile.TemporaryDirectory() as tmp:
                 session = Session(llm, tts, WavFileOutput(16000, Path(tmp)))
                 result = await session.respond("talk")
@@ -104,13 +108,10 @@ async def sdk_throughput(n_tokens: int) -> float:
     from tests.fakes.scripted_llm import ScriptedChatServer, tokens
 
     toks = llm_tokens(n_tokens)
-    async with (
-        ScriptedChatServer([tokens(*toks)]) as fake,
-        LocalTTSServer(FakeSilentEngine()) as server,
-    ):
+    async with ScriptedChatServer([tokens(*toks)]) as fake, silent_server_process() as url:
         llm = OpenAILLM("scripted", base_url=fake.base_url, max_tokens=None)
         config = TTSConfig(output_format="pcm_16000", voice_id="silent")
-        async with ElevenLabsTTS(config, base_url=server.url) as tts:
+        async with ElevenLabsTTS(config, base_url=url) as tts:
             with tempfile.TemporaryDirectory() as tmp:
                 session = Session(llm, tts, WavFileOutput(16000, Path(tmp)))
                 result = await session.respond("talk")
@@ -175,14 +176,37 @@ def main() -> None:
     parser.add_argument("--skip-engines", action="store_true")
     args = parser.parse_args()
 
-    paced = anyio.run(framework_run, args.tokens, 0.002)
+    paced = anyio.run(framework_run, args.tokens, 0.002, True)
+    idle = anyio.run(framework_run, args.tokens, 0.002)
     burst = anyio.run(framework_run, args.burst, 0.0)
     sdk = anyio.run(sdk_throughput, min(args.burst, 10000))
     real = None if args.skip_engines else anyio.run(real_engines, args.turns)
-    ov = paced["overhead_us"]
+    ov, iv, bv = paced["overhead_us"], idle["overhead_us"], burst["overhead_us"]
     rows = [
-        ("per-token overhead p50", f"{ov['median']:.1f} us", "<= 50 us", verdict(ov["median"], 50)),
-        ("per-token overhead p99", f"{ov['p99']:.1f} us", "<= 250 us", verdict(ov["p99"], 250)),
+        (
+            "per-token overhead p50 (2 ms pacing)",
+            f"{ov['median']:.1f} us",
+            "<= 50 us",
+            verdict(ov["median"], 50),
+        ),
+        (
+            "per-token overhead p99 (2 ms pacing)",
+            f"{ov['p99']:.1f} us",
+            "<= 250 us",
+            verdict(ov["p99"], 250),
+        ),
+        (
+            "  same, tokens back to back: p50 / p99",
+            f"{bv['median']:.1f} / {bv['p99']:.1f} us",
+            "",
+            "",
+        ),
+        (
+            "  same, CPU idle between tokens: p50 / p99",
+            f"{iv['median']:.1f} / {iv['p99']:.1f} us",
+            "",
+            "(wake-up)",
+        ),
         (
             "last token -> flush on the wire",
             f"{paced['last_token_to_flush_ms']:.3f} ms",

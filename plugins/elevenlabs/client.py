@@ -351,7 +351,14 @@ class _Socket:
         """Write every queued frame in order. Raises ConnectionLostError if the socket is gone."""
         if self.error is not None:
             raise self.error
-        async with self.lock:
+        # The per-token hot path: take the lock without a scheduling point when it is free
+        # (an awaited acquire yields to the event loop, which would let the reader's audio
+        # work run in the middle of sending a word).
+        try:
+            self.lock.acquire_nowait()
+        except anyio.WouldBlock:
+            await self.lock.acquire()
+        try:
             for frame in self.protocol.data_to_send():
                 try:
                     await self.ws.send(frame)
@@ -361,6 +368,8 @@ class _Socket:
                 listener = self.tts.frame_listener
                 if listener is not None:
                     listener("out", self.last_out, frame)  # the time it was written
+        finally:
+            self.lock.release()
 
     def _lost(self, err: ConnectionClosed) -> TTSError:
         rcvd = err.rcvd
