@@ -97,6 +97,11 @@ class Session:
         Cancelling this coroutine from outside (or :meth:`interrupt`) ends the turn as
         interrupted: the TTS context is aborted and queued audio cleared (shielded, bounded), and
         the history keeps the words heard so far. Outside cancellation is re-raised afterwards.
+
+        An LLM failure mid-stream, or a failure that names its cause (a `VoxloopError`, such as
+        the TTS socket lost mid-turn), does not raise: the turn ends with ``result.error`` set,
+        the words spoken so far are kept, and the next turn works. Anything else is re-raised
+        after the same cleanup.
         """
         self.turns += 1
         metrics = TurnMetrics(turn=self.turns)
