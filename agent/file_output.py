@@ -1,27 +1,31 @@
-"""An AudioOutput that writes the agent's voice to WAV files instead of a speaker.
+"""AudioOutputs that keep the agent's voice instead of playing it on a speaker.
 
-Used by `voxloop chat --out` and wherever no sound device exists. Audio is "played" as soon as it
-arrives (no real-time pacing), so `samples_played` counts everything written since `mark()`.
+Used by `voxloop chat --out`, wherever no sound device exists, and by tests. Audio is "played"
+as soon as it arrives (no real-time pacing), so `samples_played` counts everything written
+since `mark()`.
 """
 
 from __future__ import annotations
 
+import time
 import wave
 from pathlib import Path
 
 
-class WavFileOutput:
-    """Collects PCM16 mono per turn; :meth:`save` writes the turn to ``folder/name``."""
+class MemoryOutput:
+    """Keeps the current turn's PCM16 mono in `pcm`; `first_play_at` is when it began."""
 
-    def __init__(self, sample_rate: int, folder: Path) -> None:
+    def __init__(self, sample_rate: int = 16000) -> None:
         self.sample_rate = sample_rate
-        self.folder = folder
-        self._turn = bytearray()
+        self.pcm = bytearray()
+        self.first_play_at: float | None = None
         self._played = 0
 
     async def play(self, pcm: bytes) -> None:
         """Take PCM at once. Cancelling has no effect (nothing waits)."""
-        self._turn += pcm
+        if self.first_play_at is None:
+            self.first_play_at = time.monotonic()
+        self.pcm += pcm
         self._played += len(pcm) // 2
 
     def clear(self) -> int:
@@ -33,14 +37,23 @@ class WavFileOutput:
 
     def mark(self) -> None:
         self._played = 0
-        self._turn = bytearray()
+        self.pcm = bytearray()
+        self.first_play_at = None
 
     async def drain(self) -> None:
         """Nothing is queued: returns at once."""
 
+
+class WavFileOutput(MemoryOutput):
+    """A `MemoryOutput` whose turn :meth:`save` writes to ``folder/name`` as a WAV file."""
+
+    def __init__(self, sample_rate: int, folder: Path) -> None:
+        super().__init__(sample_rate)
+        self.folder = folder
+
     def save(self, name: str) -> Path | None:
         """Write the current turn's audio; None when the turn produced none."""
-        if not self._turn:
+        if not self.pcm:
             return None
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / name
@@ -48,5 +61,5 @@ class WavFileOutput:
             wav.setnchannels(1)
             wav.setsampwidth(2)
             wav.setframerate(self.sample_rate)
-            wav.writeframes(bytes(self._turn))
+            wav.writeframes(bytes(self.pcm))
         return path

@@ -15,6 +15,7 @@ from typing import Any
 import anyio
 import pytest
 
+from agent.file_output import MemoryOutput as MemoryOutput  # re-exported for the tests
 from agent.interfaces import LLM, ChatMessage
 
 
@@ -55,38 +56,6 @@ def assert_turn_closed_on_wire(wire: WireLog, context_id: str, *, spoke: bool) -
     if spoke:
         assert len(flushes) == 1 and max(texts) < flushes[0], frames
     assert frames[-1] == {"context_id": context_id, "close_context": True}, frames
-
-
-class MemoryOutput:
-    """A real AudioOutput that keeps every byte it plays (no pacing: played on arrival)."""
-
-    def __init__(self, sample_rate: int = 16000) -> None:
-        self.sample_rate = sample_rate
-        self.pcm = bytearray()
-        self.first_play_at: float | None = None
-        self._played = 0
-
-    async def play(self, pcm: bytes) -> None:
-        """Take PCM at once. Cancelling has no effect (nothing waits)."""
-        if self.first_play_at is None:
-            self.first_play_at = time.monotonic()
-        self.pcm += pcm
-        self._played += len(pcm) // 2
-
-    def clear(self) -> int:
-        return 0
-
-    @property
-    def samples_played(self) -> int:
-        return self._played
-
-    def mark(self) -> None:
-        self._played = 0
-        self.pcm = bytearray()
-        self.first_play_at = None
-
-    async def drain(self) -> None:
-        """Nothing is queued: returns at once."""
 
 
 class TimedLLM:
