@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from agent.audio import AudioDeviceError
 from agent.llm_errors import LLMError
+
+E = TypeVar("E", bound=BaseException)
 
 
 class VoxloopError(Exception):
@@ -15,6 +19,20 @@ def unwrap(err: BaseException) -> BaseException:
     while isinstance(err, BaseExceptionGroup) and len(err.exceptions) == 1:
         err = err.exceptions[0]
     return err
+
+
+def sole(err: BaseException, kind: type[E]) -> E | None:
+    """The ``kind`` error that ``err`` is, or that a task group's exception group holds and
+    holds nothing else (the first, if several); None otherwise."""
+    if isinstance(err, BaseExceptionGroup):
+        match, rest = err.split(kind)
+        if match is None or rest is not None:
+            return None
+        leaf: BaseException = match
+        while isinstance(leaf, BaseExceptionGroup):
+            leaf = leaf.exceptions[0]
+        err = leaf
+    return err if isinstance(err, kind) else None
 
 
 def describe_error(err: BaseException) -> str | None:

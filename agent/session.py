@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import anyio
 
-from agent.errors import VoxloopError, unwrap
+from agent.errors import VoxloopError, sole
 from agent.interfaces import LLM, TTS, AudioOutput, ChatMessage, TTSStream
 from agent.llm_errors import LLMError
 from agent.metrics import TurnMetrics
@@ -127,10 +127,7 @@ class Session:
             # A failure that names its cause (VoxloopError: the TTS socket lost mid-turn, an
             # output error) ends the turn: error recorded, what was heard kept, the session
             # lives on. Outside cancellation and anything else: clean up, then re-raise.
-            named: BaseException | None = err if isinstance(err, VoxloopError) else None
-            if isinstance(err, BaseExceptionGroup):
-                match, rest = err.split(VoxloopError)
-                named = unwrap(match.exceptions[0]) if match is not None and rest is None else None
+            named = sole(err, VoxloopError)
             result.interrupted = True
             result.error = err if not isinstance(err, anyio.get_cancelled_exc_class()) else None
             if named is not None:

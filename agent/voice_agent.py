@@ -28,6 +28,7 @@ import anyio.abc
 from agent.audio import AudioDeviceError, AudioFrame, PlayoutBuffer
 from agent.bargein import Action, BargeInConfig, BargeInPolicy, EchoGuard
 from agent.conversation import ConversationLog, Segment, TurnRecord
+from agent.errors import sole
 from agent.interfaces import STT
 from agent.session import Session, TurnResult
 from agent.vad import SpeechDetector, SpeechEnded, SpeechStarted, VadConfig, VoiceOnset
@@ -276,7 +277,7 @@ class VoiceAgent:
                 try:
                     result = await self.session.respond(record.transcript)
                 except Exception as err:  # the speaker lost mid-answer: end the conversation
-                    lost = _device_error(err)
+                    lost = sole(err, AudioDeviceError)
                     if lost is None:
                         raise
                     record.error, record.interrupted = str(lost), True
@@ -335,15 +336,3 @@ class VoiceAgent:
         if self._record is not None:
             self._record.first_audio_byte = self.now()
             self._status("speaking")
-
-
-def _device_error(err: BaseException) -> AudioDeviceError | None:
-    """The `AudioDeviceError` that `err` is (or that task groups wrapped), else None."""
-    if isinstance(err, BaseExceptionGroup):
-        match, rest = err.split(AudioDeviceError)
-        if match is None or rest is not None:
-            return None
-        err = match
-        while isinstance(err, BaseExceptionGroup):
-            err = err.exceptions[0]  # all of them are device errors: the first one
-    return err if isinstance(err, AudioDeviceError) else None
