@@ -10,7 +10,6 @@ stated sample rate. This module holds the small pieces around it:
   ITU-T G.191 reference implementation, vectorised with numpy lookup tables.
 - `pcm_to_float` / `float_to_pcm`, `read_wav` / `write_wav` (stdlib `wave`).
 - `PlayoutBuffer`: the bounded queue between the agent's voice and a speaker callback.
-- `AudioDeviceError`: raised by audio device plugins with a message saying what to do.
 """
 
 from __future__ import annotations
@@ -26,6 +25,8 @@ import numpy as np
 import numpy.typing as npt
 import soxr
 
+from agent.errors import AudioDeviceError
+
 SAMPLE_WIDTH = 2
 """Bytes per sample of voxloop's PCM (16-bit)."""
 
@@ -33,13 +34,6 @@ ResampleQuality = Literal["QQ", "LQ", "MQ", "HQ", "VHQ"]
 
 Int16Array = npt.NDArray[np.int16]
 Float32Array = npt.NDArray[np.float32]
-
-
-class AudioDeviceError(RuntimeError):
-    """An audio device (or the system library behind it) is missing, busy or was lost.
-
-    The message always says what to do about it (install a library, pick another device, ...).
-    """
 
 
 def _check_pcm(pcm: bytes | bytearray | memoryview, what: str = "pcm") -> None:

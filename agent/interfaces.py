@@ -6,11 +6,41 @@ imports a vendor. Implementations live in `plugins/`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
-Role = Literal["system", "user", "assistant"]
+Role = Literal["system", "user", "assistant", "tool"]
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    """A piece of the model's reply text, as it arrived (never empty)."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A whole function call the model asked for. ``arguments`` is the JSON text the model wrote
+    (not yet parsed or checked: the tool runner does that and answers errors to the model)."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+#: What `LLM.stream` yields: reply text as it arrives, and whole tool calls.
+LLMChunk = TextDelta | ToolCall
+
+
+@dataclass(frozen=True, slots=True)
+class ToolSchema:
+    """What the model is told about one tool: its name, what it does, its JSON-schema arguments."""
+
+    name: str
+    description: str
+    parameters: Mapping[str, Any]
 
 
 @dataclass(slots=True)
@@ -18,20 +48,26 @@ class ChatMessage:
     """One message of the conversation history.
 
     `interrupted` marks an assistant message cut by barge-in: `content` then holds only what the
-    user actually heard.
+    user actually heard. An assistant message may carry the `tool_calls` it made; each is
+    answered by one "tool" message whose `tool_call_id` names it.
     """
 
     role: Role
     content: str
     interrupted: bool = False
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
 
 
 class LLM(Protocol):
     """A streaming chat model."""
 
-    def stream(self, messages: Sequence[ChatMessage]) -> AsyncGenerator[str, None]:
-        """Yield text deltas as the model produces them (never empty strings).
+    def stream(
+        self, messages: Sequence[ChatMessage], *, tools: Sequence[ToolSchema] = ()
+    ) -> AsyncGenerator[LLMChunk, None]:
+        """Yield the reply as it is produced: `TextDelta`s (never empty) and whole `ToolCall`s.
 
+        ``messages`` is the whole conversation, instructions first (the agent owns them).
         Closing the generator (``aclose``) closes the underlying HTTP stream.
         """
         ...

@@ -23,7 +23,7 @@ import anyio
 
 from agent.errors import VoxloopError, sole
 from agent.interfaces import LLM, TTS, AudioOutput, ChatMessage, TTSStream
-from agent.llm_errors import LLMError
+from agent.errors import LLMError
 from agent.metrics import TurnMetrics
 from agent.text import TextChunker
 

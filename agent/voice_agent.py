@@ -25,7 +25,8 @@ from typing import Protocol
 import anyio
 import anyio.abc
 
-from agent.audio import AudioDeviceError, AudioFrame, PlayoutBuffer
+from agent.audio import AudioFrame, PlayoutBuffer
+from agent.errors import AudioDeviceError
 from agent.bargein import Action, BargeInConfig, BargeInPolicy, EchoGuard
 from agent.conversation import ConversationLog, Segment, TurnRecord
 from agent.errors import sole

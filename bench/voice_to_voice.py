@@ -25,7 +25,7 @@ from typing import Any
 
 import anyio
 
-from agent.demo import DEMO_PROMPT, UserLine, run_demo
+from agent.app.demo import DEMO_PROMPT, UserLine, run_demo
 from bench._report import print_table, summary, verdict, write_json
 
 QUESTIONS = (

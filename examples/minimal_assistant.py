@@ -14,8 +14,8 @@ from pathlib import Path
 
 import anyio
 
-from agent.chat import AgentSettings, make_llm, make_tts
-from agent.compose import llm_endpoint, stderr_progress, tts_endpoint
+from agent.app.chat import AgentSettings, make_llm, make_tts
+from agent.app.compose import llm_endpoint, stderr_progress, tts_endpoint
 from agent.file_output import WavFileOutput
 from agent.session import Session
 

@@ -16,11 +16,11 @@ from pathlib import Path
 import anyio
 
 from agent.audio import ulaw_decode, ulaw_encode
-from agent.chat import AgentSettings, make_llm
-from agent.compose import llm_endpoint, load_stt, stderr_progress, tts_endpoint
-from agent.report import turn_table, write_stereo_wav
+from agent.app.chat import AgentSettings, make_llm
+from agent.app.compose import llm_endpoint, load_stt, stderr_progress, tts_endpoint
+from agent.app.report import turn_table, write_stereo_wav
 from agent.session import Session
-from agent.user_voice import synthesize_user_lines
+from agent.app.user_voice import synthesize_user_lines
 from agent.voice_agent import VoiceAgent
 from plugins.elevenlabs.client import DEFAULT_VOICE_ID, ElevenLabsTTS, TTSConfig
 from plugins.local.piper_tts import PiperEngine

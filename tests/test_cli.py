@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-VOXLOOP = [sys.executable, "-m", "agent.cli"]
+VOXLOOP = [sys.executable, "-m", "agent.app.cli"]
 
 
 def run(

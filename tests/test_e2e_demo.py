@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.demo import UserLine, run_demo
-from agent.textmetrics import wer
+from agent.app.demo import UserLine, run_demo
+from tests.textmetrics import wer
 
 pytestmark = [pytest.mark.anyio, pytest.mark.engines]
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import soxr
 
-from agent.textmetrics import wer
+from tests.textmetrics import wer
 from plugins.local.piper_tts import EngineChunk, PiperEngine
 from plugins.local.whisper_stt import WhisperSTT
 

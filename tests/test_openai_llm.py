@@ -9,7 +9,7 @@ import anyio
 import pytest
 
 from agent.interfaces import LLM, ChatMessage
-from agent.llm_errors import (
+from agent.errors import (
     LLMAuthError,
     LLMConfigError,
     LLMConnectionError,

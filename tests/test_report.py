@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from agent.conversation import ConversationLog, Segment, TurnRecord
-from agent.report import not_heard_text, turn_table, write_all
+from agent.app.report import not_heard_text, turn_table, write_all
 
 RATE = 16000
 

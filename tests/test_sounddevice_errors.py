@@ -15,7 +15,7 @@ import anyio
 import numpy as np
 import pytest
 
-from agent.audio import AudioDeviceError
+from agent.errors import AudioDeviceError
 from plugins.sounddevice import (
     SoundDeviceTransport,
     list_devices,

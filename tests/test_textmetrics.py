@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.textmetrics import normalize_words, number_to_words, wer, word_edit_distance
+from tests.textmetrics import normalize_words, number_to_words, wer, word_edit_distance
 
 
 def test_identical_text_has_no_errors() -> None:

@@ -18,7 +18,7 @@ import pytest
 
 from agent.file_output import WavFileOutput
 from agent.interfaces import ChatMessage
-from agent.llm_errors import LLMError, LLMTimeoutError
+from agent.errors import LLMError, LLMTimeoutError
 from agent.session import Session
 from plugins.elevenlabs.client import ElevenLabsTTS, TTSConfig
 from plugins.elevenlabs.server import LocalTTSServer

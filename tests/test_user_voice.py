@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from agent.audio import pcm_to_array
-from agent.textmetrics import wer
-from agent.user_voice import synthesize_user_lines, trim_silence
+from tests.textmetrics import wer
+from agent.app.user_voice import synthesize_user_lines, trim_silence
 
 RATE = 16000
 LINES = [

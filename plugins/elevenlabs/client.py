@@ -27,7 +27,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
-from agent.errors import VoxloopError
+from agent import errors
 from agent.interfaces import SpeechChunk, WordTiming
 from agent.redact import redacting_logger, register_secret
 from plugins.elevenlabs.alignment import AlignmentTracker
@@ -63,7 +63,7 @@ DEFAULT_MODEL_ID = "eleven_flash_v2_5"
 FrameListener = Callable[[Literal["out", "in"], float, str], None]
 
 
-class TTSError(VoxloopError):
+class TTSError(errors.TTSError):
     """Base of the client's errors. Texts never contain the key."""
 
 

@@ -25,7 +25,7 @@ from types import TracebackType
 import anyio
 import anyio.abc
 
-from agent.llm_errors import LLMConfigError, LLMError
+from agent.errors import LLMConfigError, LLMError
 
 __all__ = [
     "MODEL_ALIAS",

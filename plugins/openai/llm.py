@@ -17,7 +17,7 @@ from openai import AsyncOpenAI, AsyncStream
 from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
 
 from agent.interfaces import ChatMessage
-from agent.llm_errors import (
+from agent.errors import (
     LLMAuthError,
     LLMConfigError,
     LLMConnectionError,

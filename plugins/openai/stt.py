@@ -14,13 +14,14 @@ import wave
 import openai
 from openai import AsyncOpenAI
 
+from agent import errors
 from agent.interfaces import Transcript
 from plugins.openai.endpoint import describe_failure, resolve_endpoint
 
 __all__ = ["OpenAISTT", "STTAuthError", "STTConfigError", "STTError", "pcm_to_wav"]
 
 
-class STTError(RuntimeError):
+class STTError(errors.STTError):
     """The transcription service could not transcribe the utterance."""
 
     def __init__(self, message: str, *, status_code: int | None = None) -> None:

@@ -34,7 +34,8 @@ from typing import Any, Literal
 
 import anyio
 
-from agent.audio import AudioDeviceError, AudioFrame, PlayoutBuffer
+from agent.audio import AudioFrame, PlayoutBuffer
+from agent.errors import AudioDeviceError
 from agent.interfaces import AudioOutput
 
 DeviceSpec = int | str | None

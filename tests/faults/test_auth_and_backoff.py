@@ -22,7 +22,7 @@ import anyio
 import pytest
 
 from agent.interfaces import ChatMessage
-from agent.llm_errors import LLMAuthError
+from agent.errors import LLMAuthError
 from agent.session import Session
 from plugins.elevenlabs.client import (
     AuthenticationError,

@@ -19,7 +19,8 @@ from typing import Any
 import anyio
 import pytest
 
-from agent.audio import AudioDeviceError, AudioFrame
+from agent.audio import AudioFrame
+from agent.errors import AudioDeviceError
 from agent.session import Session
 from agent.vad import VadConfig
 from agent.voice_agent import VoiceAgent, VoiceAgentConfig

@@ -17,7 +17,7 @@ from typing import Any
 import anyio
 import pytest
 
-from agent.llm_errors import LLMStreamError, LLMTimeoutError
+from agent.errors import LLMStreamError, LLMTimeoutError
 from agent.session import Session, TurnResult
 from plugins.elevenlabs.client import ElevenLabsTTS, TTSConfig
 from plugins.elevenlabs.server import LocalTTSServer

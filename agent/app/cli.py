@@ -17,7 +17,7 @@ from pathlib import Path
 
 import anyio
 
-from agent.compose import stderr_progress, tts_endpoint
+from agent.app.compose import stderr_progress, tts_endpoint
 
 EPILOG = """\
 environment:

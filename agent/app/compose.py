@@ -1,6 +1,6 @@
 """The composition root: picks, for each stage, the real service or the embedded local one.
 
-This is the one module of `agent` (with `agent.cli`) that names plugins, and it imports them
+This is the one module of `agent` (with `agent.app.cli`) that names plugins, and it imports them
 lazily so that `import agent` stays vendor-free.
 
 Rules, per stage:

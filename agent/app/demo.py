@@ -18,8 +18,8 @@ from typing import Any, Literal
 
 import anyio
 
-from agent.chat import AgentSettings, make_llm, make_tts
-from agent.compose import Progress, llm_endpoint, load_stt, stderr_progress, tts_endpoint
+from agent.app.chat import AgentSettings, make_llm, make_tts
+from agent.app.compose import Progress, llm_endpoint, load_stt, stderr_progress, tts_endpoint
 from agent.conversation import ConversationLog
 from agent.session import Session
 from agent.vad import VadConfig
@@ -121,8 +121,8 @@ async def run_demo(
 ) -> DemoResult:
     """Run the scripted conversation and write the reports. Cancelling stops it (servers and
     models are shut down by their context managers)."""
-    from agent.report import turn_table, write_all
-    from agent.user_voice import synthesize_user_lines
+    from agent.app.report import turn_table, write_all
+    from agent.app.user_voice import synthesize_user_lines
     from plugins.local.piper_tts import PiperEngine
     from plugins.virtual.transport import VirtualTransport
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import anyio
 
-from agent.compose import Endpoint, llm_endpoint, stderr_progress, tts_endpoint
+from agent.app.compose import Endpoint, llm_endpoint, stderr_progress, tts_endpoint
 from agent.file_output import WavFileOutput
 from agent.session import Session, SessionHooks, TurnResult
 
@@ -133,7 +133,7 @@ async def speaker_or_files(
 ) -> AsyncIterator[tuple[Any, WavFileOutput | None]]:
     """The speaker when one exists (and --out was not given), else WAV files in --out."""
     if out is None:
-        from agent.audio import AudioDeviceError
+        from agent.errors import AudioDeviceError
         from plugins.sounddevice import SoundDeviceTransport
 
         speaker = SoundDeviceTransport(rate, use_input=False)

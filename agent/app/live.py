@@ -14,8 +14,8 @@ from typing import Any
 import anyio
 
 from agent.bargein import BargeInConfig
-from agent.chat import AgentSettings, add_agent_options, make_llm, make_tts, settings_from
-from agent.compose import llm_endpoint, load_stt, stderr_progress, tts_endpoint
+from agent.app.chat import AgentSettings, add_agent_options, make_llm, make_tts, settings_from
+from agent.app.compose import llm_endpoint, load_stt, stderr_progress, tts_endpoint
 from agent.conversation import TurnRecord
 from agent.session import Session
 from agent.vad import VadConfig
