@@ -25,8 +25,6 @@ import numpy as np
 import numpy.typing as npt
 import soxr
 
-from agent.errors import AudioDeviceError
-
 SAMPLE_WIDTH = 2
 """Bytes per sample of voxloop's PCM (16-bit)."""
 
@@ -300,6 +298,23 @@ def write_wav(
         wav.writeframes(pcm)
 
 
+def write_stereo_wav(path: str | Path, user_pcm: bytes, agent_pcm: bytes, sample_rate: int) -> Path:
+    """Write user (left) and agent (right) PCM16 mono, same clock, as one stereo WAV.
+
+    The shorter side is padded with silence at the end; the folder is made if needed.
+    """
+    user = pcm_to_array(user_pcm)
+    agent = pcm_to_array(agent_pcm)
+    frames = max(user.size, agent.size)
+    stereo = np.zeros((frames, 2), dtype="<i2")
+    stereo[: user.size, 0] = user
+    stereo[: agent.size, 1] = agent
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_wav(out, stereo.tobytes(), sample_rate, channels=2)
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # Playout buffer
 
@@ -370,10 +385,17 @@ class PlayoutBuffer:
         """While paused, `read` plays silence and keeps the queue: nothing is lost or counted."""
         return self._paused
 
-    @paused.setter
-    def paused(self, value: bool) -> None:
+    def pause(self) -> float:
+        """Hold playout from the next read on (`read` plays silence, the queue stays); return
+        the output clock (seconds) where the silence begins."""
         with self._lock:
-            self._paused = bool(value)
+            self._paused = True
+            return self._position / self.sample_rate
+
+    def resume(self) -> None:
+        """Play on from where `pause` held it."""
+        with self._lock:
+            self._paused = False
 
     @property
     def position(self) -> int:
@@ -388,17 +410,24 @@ class PlayoutBuffer:
             return self._first_real
 
     @property
-    def output_level(self) -> float:
+    def first_played_at(self) -> float | None:
+        """`first_played_position` in seconds of the output clock."""
+        first = self.first_played_position
+        return None if first is None else first / self.sample_rate
+
+    @property
+    def last_played_end(self) -> float | None:
+        """Output clock (seconds) right after the last real sample read (ever): where the
+        output went silent, if nothing real has been read since."""
+        with self._lock:
+            end = self._last_real_end
+        return None if end is None else end / self.sample_rate
+
+    @property
+    def level(self) -> float:
         """Recent output loudness (RMS, int16 scale): a peak that decays over ~100 ms of reads.
         The echo guard compares the microphone with it."""
         return self._level
-
-    @property
-    def last_played_end(self) -> int | None:
-        """Output clock right after the last real sample read (ever): where the output went
-        silent, if nothing real has been read since."""
-        with self._lock:
-            return self._last_real_end
 
     # -- producer side (event loop) -------------------------------------------------------------
 

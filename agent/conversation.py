@@ -1,6 +1,6 @@
-"""What happened in a conversation, on one clock: the record the demo's reports are made from.
+"""What happened in a conversation, on one clock: the record the reports are made from.
 
-All times are seconds on the transport's stream clock (sample count / rate), so user audio,
+All times are seconds on the conversation's clock (the transport's stream clock), so user audio,
 agent audio and events line up exactly in `conversation.wav` and the timeline picture.
 """
 
@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
+
+from agent.timeline import TurnTimeline
 
 Speaker = Literal["user", "agent"]
 
@@ -25,42 +27,56 @@ class Segment:
 
 
 @dataclass
+class ToolRecord:
+    """One tool call of a turn: name, how it ended, how long it took."""
+
+    call_id: str
+    name: str
+    arguments: str
+    outcome: str = "pending"  # ok, error, timeout, cancelled
+    result: str = ""
+    seconds: float | None = None
+    spoken: bool = True  # False: the result arrived after an interruption and was not used
+
+
+@dataclass
 class TurnRecord:
-    """One user turn and the agent's answer. Times are stream seconds (None: did not happen)."""
+    """One user turn and the agent's answer; its times are the marks of `timeline`."""
 
     index: int
-    user_speech_start: float | None = None
-    user_speech_end: float | None = None
     transcript: str = ""
-    transcript_ready: float | None = None
-    first_token: float | None = None
-    first_audio_byte: float | None = None
-    first_audio_played: float | None = None
-    agent_audio_end: float | None = None
     agent_text: str = ""  # everything the LLM produced
     heard_text: str = ""  # what the user heard
     interrupted: bool = False
-    barge_in_onset: float | None = None  # user's voice began (first voiced frame)
-    barge_in_decided: float | None = None  # the controller confirmed and cancelled
-    output_silent: float | None = None  # the first output block with no agent audio after it
     error: str | None = None
-    durations_ms: dict[str, float | None] = field(default_factory=dict)
+    timeline: TurnTimeline = field(default_factory=TurnTimeline)
+    tools: list[ToolRecord] = field(default_factory=list)
+    cause: BaseException | None = field(default=None, repr=False, compare=False)  # of `error`
 
-    def latency(self, start: float | None, end: float | None) -> float | None:
-        """Milliseconds from ``start`` to ``end``, when both happened."""
-        if start is None or end is None:
-            return None
-        return (end - start) * 1000
+    def at(self, mark: str) -> float | None:
+        """When ``mark`` happened in this turn (None: it did not)."""
+        return self.timeline.at(mark)
+
+    def latency_ms(self, name: str) -> float | None:
+        """Latency ``name`` (see `agent.timeline.LATENCIES`) in milliseconds."""
+        return self.timeline.latency(name)
 
     @property
-    def voice_to_voice_ms(self) -> float | None:
-        """User stopped speaking -> agent's first audio played."""
-        return self.latency(self.user_speech_end, self.first_audio_played)
+    def durations_ms(self) -> dict[str, float]:
+        return self.timeline.durations_ms
 
-    @property
-    def barge_in_reaction_ms(self) -> float | None:
-        """User's voice began -> agent output silent."""
-        return self.latency(self.barge_in_onset, self.output_silent)
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: the texts, then the timeline's marks, latencies and durations."""
+        return {
+            "index": self.index,
+            "transcript": self.transcript,
+            "agent_text": self.agent_text,
+            "heard_text": self.heard_text,
+            "interrupted": self.interrupted,
+            "error": self.error,
+            **self.timeline.to_dict(),
+            "tools": [asdict(tool) for tool in self.tools],
+        }
 
 
 @dataclass
@@ -73,16 +89,10 @@ class ConversationLog:
     notes: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (derived latencies included per turn)."""
-        turns = []
-        for turn in self.turns:
-            item = asdict(turn)
-            item["voice_to_voice_ms"] = turn.voice_to_voice_ms
-            item["barge_in_reaction_ms"] = turn.barge_in_reaction_ms
-            turns.append(item)
+        """JSON-ready form."""
         return {
             "sample_rate": self.sample_rate,
             "segments": [asdict(s) for s in self.segments],
-            "turns": turns,
+            "turns": [turn.to_dict() for turn in self.turns],
             "notes": self.notes,
         }

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+if TYPE_CHECKING:
+    from agent.audio import AudioFrame
 
 Role = Literal["system", "user", "assistant", "tool"]
 
@@ -112,16 +115,30 @@ class SpeechChunk:
 
 
 class AudioOutput(Protocol):
-    """Where the agent's voice goes (speaker, phone line, WAV file)."""
+    """Where the agent's voice goes (speaker, phone line, browser tab, WAV file), and the report
+    of what was really played there: `samples_played` comes from where playout happens (the
+    local buffer for speakers and files, echoed marks for phones, the page's reports for
+    browsers), and the heard text is cut from it alone."""
 
-    sample_rate: int
+    @property
+    def sample_rate(self) -> int: ...
 
     async def play(self, pcm: bytes) -> None:
-        """Queue PCM16 mono for playout; may wait for room (backpressure)."""
+        """Queue PCM16 mono for playout; may wait for room (backpressure). Cancelling queues
+        nothing of ``pcm``."""
         ...
 
     def clear(self) -> int:
-        """Drop everything queued but not yet played; return the samples dropped."""
+        """Drop everything queued but not yet played, at once; return the samples dropped."""
+        ...
+
+    def pause(self) -> float:
+        """Hold playout now, keeping what is queued (nothing lost, nothing counted as heard);
+        return when the far end falls silent, on the transport's clock."""
+        ...
+
+    def resume(self) -> None:
+        """Play on from where `pause` held it."""
         ...
 
     @property
@@ -135,6 +152,40 @@ class AudioOutput(Protocol):
 
     async def drain(self) -> None:
         """Wait until everything queued has been played. Cancelling stops waiting only."""
+        ...
+
+    @property
+    def first_played_at(self) -> float | None:
+        """When the first sample since `mark()` was played, on the transport's clock."""
+        ...
+
+    @property
+    def last_played_end(self) -> float | None:
+        """When the last sample played so far ended, on the transport's clock."""
+        ...
+
+    @property
+    def level(self) -> float:
+        """Recent output loudness (RMS, int16 scale) for the echo guard; 0 if unknown."""
+        ...
+
+
+class Transport(Protocol):
+    """A duplex audio line: microphone frames in, an `AudioOutput` out, and the clock of the
+    conversation (stream seconds) that both are measured on."""
+
+    @property
+    def sample_rate(self) -> int: ...
+
+    @property
+    def output(self) -> AudioOutput: ...
+
+    def mic_frames(self) -> AsyncIterator[AudioFrame]:
+        """Microphone frames (PCM16 mono at `sample_rate`) until the line ends."""
+        ...
+
+    def now(self) -> float:
+        """The conversation's clock: seconds of stream time since the line opened."""
         ...
 
 

@@ -1,16 +1,15 @@
-"""The whole voice loop: microphone -> VAD -> end of turn -> STT -> turn (LLM -> TTS -> speaker),
-with barge-in watching the microphone all the while.
+"""The voice agent: microphone → echo guard → VAD → turn-taking → turns (STT → LLM → TTS → output).
 
-One task reads the microphone and makes every decision synchronously, frame by frame (VAD,
-echo guard, pause / resume / interrupt), so a decision reaches the output within the frame that
-caused it. Each user turn runs as its own task under its own cancel scope: STT, then
-`Session.respond`. A barge-in cancels that turn (the session cuts the history to the words
-played); the output stays paused until the turn's shielded cleanup has cleared its queue, so
-not one sample of the cancelled answer plays afterwards.
+`Agent` holds what answers (instructions, STT, LLM, TTS, options); `Agent.conversation(transport)`
+runs one conversation on a transport and yields typed events. The conversation is a thin shell
+around `agent.turntaking.TurnTaking`: every microphone frame goes through the echo guard and
+VAD, VAD's events are fed to the state machine with their time, and the actions it returns are
+executed at once, synchronously, so a decision reaches the output within the frame that caused
+it. Utterances reach the one turn runner through one bounded memory stream; each turn runs
+under one cancel scope that barge-in and hang-up cancel.
 
-Times in the `ConversationLog` are stream seconds: microphone samples for user-side events, the
-output clock (`PlayoutBuffer.position`) for what was played; the virtual transport keeps the two
-on one clock.
+Times are on one clock, the transport's (`Transport.now()`): VAD's stream times, the turn's
+marks and the output's playout report all use it.
 """
 
 from __future__ import annotations
@@ -18,322 +17,368 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import anyio
 import anyio.abc
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from agent.audio import AudioFrame, PlayoutBuffer
-from agent.errors import AudioDeviceError
-from agent.bargein import Action, BargeInConfig, BargeInPolicy, EchoGuard
+from agent import vad
+from agent.audio import AudioFrame
 from agent.conversation import ConversationLog, Segment, TurnRecord
-from agent.errors import sole
-from agent.interfaces import STT
-from agent.session import Session, TurnResult
-from agent.vad import SpeechDetector, SpeechEnded, SpeechStarted, VadConfig, VoiceOnset
+from agent.echo import EchoConfig, EchoGuard
+from agent.errors import AudioDeviceError
+from agent.events import (
+    AgentSaid,
+    ErrorEvent,
+    Event,
+    Interrupted,
+    StateChanged,
+    TurnFinished,
+    UserSaid,
+)
+from agent.interfaces import LLM, STT, TTS, ChatMessage, Transport
+from agent.session import Session
+from agent.turntaking import (
+    Action,
+    BargeInRules,
+    CancelTurn,
+    ClearOutput,
+    HangUp,
+    PauseOutput,
+    ResumeOutput,
+    SpeechConfirmed,
+    SpeechEnded,
+    StartTurn,
+    TurnAudioStarted,
+    TurnEnded,
+    TurnTaking,
+    TurnTakingEvent,
+    VoiceLost,
+    VoiceOnset,
+)
 
 log = logging.getLogger("voxloop.voice")
 
-
-class Transport(Protocol):
-    """A duplex audio transport: microphone frames in, a playout buffer out."""
-
-    @property
-    def playout(self) -> PlayoutBuffer: ...
-
-    def mic_frames(self) -> AsyncIterator[AudioFrame]: ...
-
-
-Status = Callable[[str, str], None]  # (state, detail)
+Utterance = vad.SpeechEnded
+EVENT_BUFFER = 512  # events kept for a reader that falls behind; newer ones are dropped beyond
 
 
 @dataclass
-class VoiceAgentConfig:
-    """Listening and barge-in settings. `vad.min_silence_ms` is the end-of-turn silence: lower
-    is snappier but cuts users who pause mid-sentence (see README, "Tuning end of turn")."""
+class AgentOptions:
+    """How the agent listens and yields the floor.
 
-    vad: VadConfig = field(default_factory=lambda: VadConfig(min_silence_ms=500))
-    bargein: BargeInConfig = field(default_factory=BargeInConfig)
-    min_transcript_chars: int = 2
-
-
-class VoiceAgent:
-    """Runs a conversation on a transport until its microphone ends.
-
-    ``log`` accumulates the record of the conversation (segments, per-turn latencies).
+    ``vad.min_silence_ms`` is the end-of-turn silence: lower is snappier but cuts users who pause
+    mid-sentence. ``echo``: switch it off with headphones or on phone lines.
     """
+
+    vad: vad.VadConfig = field(default_factory=lambda: vad.VadConfig(min_silence_ms=500))
+    barge_in: BargeInRules = field(default_factory=BargeInRules)
+    echo: EchoConfig = field(default_factory=EchoConfig)
+    min_transcript_chars: int = 2
+    sentence_mode: bool = False
+
+
+class Agent:
+    """A voice agent: its instructions and the STT, LLM and TTS it answers with.
+
+    An `Agent` is a template: each `conversation()` gets its own history and turn-taking."""
 
     def __init__(
         self,
-        session: Session,
-        stt: STT,
-        transport: Transport,
         *,
-        config: VoiceAgentConfig | None = None,
-        on_status: Status | None = None,
-        on_turn: Callable[[TurnRecord], None] | None = None,
+        stt: STT,
+        llm: LLM,
+        tts: TTS,
+        instructions: str = "",
+        options: AgentOptions | None = None,
     ) -> None:
-        self.session = session
         self.stt = stt
+        self.llm = llm
+        self.tts = tts
+        self.instructions = instructions
+        self.options = options or AgentOptions()
+
+    @asynccontextmanager
+    async def conversation(self, transport: Transport) -> AsyncIterator[Conversation]:
+        """Run a conversation on ``transport`` for the duration of the block.
+
+        Iterate the `Conversation` for its events; the iteration ends when the conversation
+        does (the microphone ended, or `Conversation.hang_up`). Leaving the block hangs up: a
+        turn still running is cancelled (its cleanup runs, the history keeps what was heard).
+
+        Raises `AudioDeviceError` on leaving the block if the microphone or the speaker was
+        lost (listening stopped at once, the running turn ended as on a hang-up).
+        """
+        conversation = Conversation(self, transport)
+        async with anyio.create_task_group() as tg:
+            conversation._start(tg)
+            try:
+                yield conversation
+            finally:
+                conversation.hang_up()
+                with anyio.CancelScope(shield=True):
+                    await conversation.finished.wait()
+        if conversation.device_error is not None:
+            raise conversation.device_error
+
+    async def run(self, transport: Transport) -> ConversationLog:
+        """Converse on ``transport`` until its microphone ends; return the record.
+
+        Cancelling hangs up (the running turn's cleanup is shielded). Raises `AudioDeviceError`
+        if a device is lost."""
+        async with self.conversation(transport) as conversation:
+            await conversation.finished.wait()
+        return conversation.log
+
+
+class Conversation:
+    """One conversation in progress: the events (``async for event in conversation``), the
+    record (`log`), the history (`session.history`), and `hang_up()`."""
+
+    def __init__(self, agent: Agent, transport: Transport) -> None:
+        self.agent = agent
         self.transport = transport
-        self.playout = transport.playout
-        self.config = config or VoiceAgentConfig()
-        vad = self.config.vad
-        if vad.sample_rate != self.playout.sample_rate:  # the mic runs at the transport's rate
-            vad = dataclasses.replace(vad, sample_rate=self.playout.sample_rate)
-        self.detector = SpeechDetector(vad)
-        self.guard = EchoGuard(self.config.bargein)
-        self.policy = BargeInPolicy(self.config.bargein)
-        self.on_status = on_status
-        self.on_turn = on_turn
-        self.log = ConversationLog(sample_rate=self.playout.sample_rate)
-        self._tg: anyio.abc.TaskGroup | None = None
-        self._turn_scope: anyio.CancelScope | None = None
-        self._listening: anyio.CancelScope | None = None
-        self._device_error: AudioDeviceError | None = None
-        self._turn_done: anyio.Event | None = None
-        self._record: TurnRecord | None = None
-        self._onset: float | None = None
+        self.output = transport.output
+        options = agent.options
+        config = options.vad
+        if config.sample_rate != transport.sample_rate:  # the mic runs at the transport's rate
+            config = dataclasses.replace(config, sample_rate=transport.sample_rate)
+        self.detector = vad.SpeechDetector(config)
+        self.guard = EchoGuard(options.echo)
+        self.floor: TurnTaking[Utterance] = TurnTaking(options.barge_in)
+        self.session = Session(
+            agent.llm,
+            agent.tts,
+            self.output,
+            instructions=agent.instructions,
+            clock=transport,
+            sentence_mode=options.sentence_mode,
+            on_event=self._emit,
+        )
+        self.log = ConversationLog(sample_rate=transport.sample_rate)
+        self.finished = anyio.Event()
+        self.device_error: AudioDeviceError | None = None
+        self.vad_seconds = 0.0  # CPU time in echo guard + VAD, for the benchmark
+        self.events_dropped = 0
+        self._events_in, self._events_out = anyio.create_memory_object_stream[Event](EVENT_BUFFER)
+        self._turns_in: MemoryObjectSendStream[tuple[TurnRecord, Utterance]]
+        self._turns_out: MemoryObjectReceiveStream[tuple[TurnRecord, Utterance]]
+        self._turns_in, self._turns_out = anyio.create_memory_object_stream(2)
+        self._listening = anyio.CancelScope()
+        self._running: tuple[TurnRecord, anyio.CancelScope] | None = None
         self._silent_at: float | None = None
-        self.barge_ins = 0
-        self.pauses = 0  # tentative onsets over the agent (a false alarm costs a pause, no words)
-        self._closed = False
-        self.vad_seconds = 0.0  # CPU time spent in VAD + guard, for the benchmark
-        session.hooks.on_first_token = self._first_token
-        session.hooks.on_first_audio = self._first_audio
+        self._state = self.floor.state
 
-    # -- clocks -------------------------------------------------------------------------------
+    # -- what a user reads ---------------------------------------------------------------------
 
-    def now(self) -> float:
-        """Stream time of the microphone (seconds of audio heard so far)."""
-        return self.detector.time
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return self._events_out.__aiter__()
 
-    def _output_time(self, position: int | None) -> float | None:
-        return None if position is None else position / self.playout.sample_rate
+    @property
+    def history(self) -> list[ChatMessage]:
+        """The conversation as the model sees it (instructions first, answers cut to what
+        was heard)."""
+        return list(self.session.history)
 
-    def _status(self, state: str, detail: str = "") -> None:
-        if self.on_status is not None:
-            self.on_status(state, detail)
+    @property
+    def state(self) -> str:
+        """listening, user speaking, thinking, speaking, paused, interrupted or ended."""
+        return self.floor.state
 
     @property
     def idle(self) -> bool:
-        """Nobody speaking, no turn running or queued, nothing left to play."""
-        done = self._turn_done is None or self._turn_done.is_set()
-        return (
-            done
-            and self._turn_scope is None
-            and not self.detector.is_speaking
-            and self.playout.pending_samples == 0
-        )
+        """Nobody speaking, no turn running or queued."""
+        return self.state == "listening" and not self.floor.queued and self._running is None
 
     def speaking_for(self) -> float:
-        """Seconds the current turn's answer has been audible (0 before its first sample)."""
-        record = self._record
-        first = self.playout.first_played_position
-        if record is None or record.first_audio_byte is None or first is None:
+        """Seconds the running turn's answer has been audible (0 before its first sample)."""
+        first = self.output.first_played_at
+        if self._running is None or first is None:
             return 0.0
-        return (self.playout.position - first) / self.playout.sample_rate
+        return max(0.0, self.transport.now() - first)
 
-    @property
-    def agent_has_floor(self) -> bool:
-        """A turn is running (thinking or speaking) or its audio is still queued."""
-        return self._turn_scope is not None or self.playout.pending_samples > 0
+    def hang_up(self) -> None:
+        """End the conversation: stop listening, cancel the running turn (the history keeps
+        what was heard), start no queued turn. Safe to call more than once."""
+        self._listening.cancel()
+        self._feed(HangUp(), self.transport.now())
+        self._turns_in.close()
 
-    # -- the loop -----------------------------------------------------------------------------
+    # -- the loop ---------------------------------------------------------------------------------
 
-    async def run(self, until: anyio.Event | None = None) -> ConversationLog:
-        """Listen and answer until the microphone ends (or ``until`` is set: a hang-up); a turn
-        still running then is cancelled, with what was heard kept in the history.
+    def _start(self, tg: anyio.abc.TaskGroup) -> None:
+        tg.start_soon(self._listen)
+        tg.start_soon(self._run_turns)
 
-        Raises `AudioDeviceError` (itself, not in an exception group) if the microphone or the
-        speaker is lost: listening stops, the running turn ends as on a hang-up (cleanup done,
-        heard words kept), one WARNING is logged and the status goes to "device lost".
-
-        Cancelling stops listening and cancels the running turn (its cleanup is shielded).
-        """
-        self._status("listening")
-        async with anyio.create_task_group() as tg:
-            self._tg = tg
-            with anyio.CancelScope() as listening:
-                self._listening = listening
-                try:
-                    async for frame in self.transport.mic_frames():
-                        self.handle_frame(frame)
-                        if until is not None and until.is_set():
-                            break
-                except AudioDeviceError as err:
-                    self._device_lost(err)
-            self._hang_up()
-            if self._turn_done is not None:
-                await self._turn_done.wait()
-        if self._device_error is not None:
-            raise self._device_error
-        return self.log
-
-    def _hang_up(self) -> None:
-        """The microphone ended: the conversation is over. A turn still running is cancelled
-        (its cleanup runs, the history keeps what was heard); queued turns do not start."""
-        self._closed = True
-        if self._record is not None:
-            lost = self._device_error
-            self._record.error = "conversation ended" if lost is None else str(lost)
-        if not self.session.interrupt() and self._turn_scope is not None:
-            self._turn_scope.cancel()
-
-    def _device_lost(self, error: AudioDeviceError) -> None:
-        """The microphone or the speaker is gone: stop listening; `run` raises `error` once the
-        running turn has ended. Reported once (the first loss wins)."""
-        if self._device_error is None:
-            self._device_error = error
-            log.warning("audio device lost, conversation ended: %s", error)
-            self._status("device lost", str(error))
-        if self._listening is not None:
-            self._listening.cancel()
+    async def _listen(self) -> None:
+        """Microphone frames into the guard, VAD and the state machine, until the line ends."""
+        self._emit(StateChanged(self.state, self.transport.now()))
+        with self._listening:
+            try:
+                async for frame in self.transport.mic_frames():
+                    self.handle_frame(frame)
+            except AudioDeviceError as err:
+                self._device_lost(err)
+        self.hang_up()
 
     def handle_frame(self, frame: AudioFrame) -> None:
-        """VAD + barge-in for one microphone frame; acts at once (synchronous)."""
+        """Echo guard, VAD and turn-taking for one microphone frame; acts at once."""
         started = time.perf_counter()
-        pcm = self.guard.process(frame.pcm, self.playout.output_level)
+        pcm = self.guard.process(frame.pcm, self.output.level)
         events = self.detector.feed(AudioFrame(pcm, frame.sample_rate))
         self.vad_seconds += time.perf_counter() - started
         for event in events:
-            action = self.policy.decide(event, self.agent_has_floor)
-            if isinstance(event, VoiceOnset):
-                self._onset = event.t
-            if action is Action.PAUSE:
-                self.pauses += 1
-                self.playout.paused = True
-                self._silent_at = self.playout.position / self.playout.sample_rate
-            elif action is Action.RESUME:
-                self.playout.paused = False
-                self._silent_at = None
-            elif action is Action.INTERRUPT:
-                assert isinstance(event, SpeechStarted)
-                self._interrupt(event)
-            if isinstance(event, SpeechStarted):
-                self._status("user speaking")
-            elif isinstance(event, SpeechEnded):
-                self._start_turn(event)
+            if isinstance(event, vad.VoiceOnset):
+                self._feed(VoiceOnset(), event.t)
+            elif isinstance(event, vad.VoiceLost):
+                self._feed(VoiceLost(), event.t)
+            elif isinstance(event, vad.SpeechStarted):
+                self._feed(SpeechConfirmed(onset=event.t_onset), event.t_confirmed)
+            elif isinstance(event, vad.SpeechEnded):
+                self.log.segments.append(Segment("user", event.t_onset, event.t_end))
+                self._feed(SpeechEnded(event), event.t_confirmed)
 
-    def _interrupt(self, event: SpeechStarted) -> None:
-        """Confirmed speech over the agent: silence now, cancel the turn."""
-        self.barge_ins += 1
-        if not self.playout.paused:
-            self.playout.paused = True
-            self._silent_at = self.playout.position / self.playout.sample_rate
-        self.playout.clear()
-        record = self._record
-        if record is not None:
-            record.interrupted = True
-            record.barge_in_onset = event.t_onset
-            record.barge_in_decided = event.t_confirmed
-            record.output_silent = self._silent_at
-        if not self.session.interrupt() and self._turn_scope is not None:
-            self._turn_scope.cancel()  # still in STT: nothing spoken yet
-        self._status("interrupted", f"barge-in at {event.t_onset:.2f} s")
+    def _feed(self, event: TurnTakingEvent[Utterance], now: float) -> None:
+        for action in self.floor.feed(event, now):
+            self._execute(action, now)
+        if self.floor.state != self._state:
+            self._state = self.floor.state
+            self._emit(StateChanged(self._state, now))
 
-    def _start_turn(self, event: SpeechEnded) -> None:
-        assert self._tg is not None
-        index = len(self.log.turns) + 1
-        record = TurnRecord(index, user_speech_start=event.t_onset, user_speech_end=event.t_end)
-        self.log.turns.append(record)
-        self.log.segments.append(Segment("user", event.t_onset, event.t_end))
-        previous = self._turn_done
-        self._turn_done = anyio.Event()
-        self._tg.start_soon(self._turn, event, record, previous, self._turn_done)
-
-    async def _turn(
-        self,
-        event: SpeechEnded,
-        record: TurnRecord,
-        previous: anyio.Event | None,
-        done: anyio.Event,
-    ) -> None:
-        """STT then the answer, for one user utterance. Cancelled by a barge-in during STT."""
-        try:
-            if previous is not None:
-                await previous.wait()  # one answer at a time, in order
-            if self._closed:
-                record.error = "conversation ended"
-                return
-            scope = anyio.CancelScope()
-            self._turn_scope = scope
-            self._record = record
-            self._status("thinking")
-            result: TurnResult | None = None
-            with scope:
-                transcript = await self.stt.transcribe(event.audio.pcm, event.audio.sample_rate)
-                record.transcript = transcript.text.strip()
-                record.transcript_ready = self.now()
-                record.durations_ms["end_of_turn_wait"] = round(
-                    (event.t_confirmed - event.t_end) * 1000, 2
-                )
-                record.durations_ms["stt_compute"] = round(transcript.compute_seconds * 1000, 2)
-                self.log.segments[self._user_segment(record)].text = record.transcript
-                if len(record.transcript) < self.config.min_transcript_chars:
-                    record.error = "nothing understood"
-                    return
-                try:
-                    result = await self.session.respond(record.transcript)
-                except Exception as err:  # the speaker lost mid-answer: end the conversation
-                    lost = sole(err, AudioDeviceError)
-                    if lost is None:
-                        raise
-                    record.error, record.interrupted = str(lost), True
-                    self._device_lost(lost)
-            if result is not None:
-                self._finish_record(record, result)
-        finally:
-            self._turn_scope = None
-            self._record = None
-            if self.policy.turn_finished():
-                self.playout.clear()  # anything that slipped in before the cancel landed
-                self.playout.paused = False
+    def _execute(self, action: Action[Utterance], now: float) -> None:
+        if isinstance(action, PauseOutput):
+            self._silent_at = self.output.pause()
+        elif isinstance(action, ResumeOutput):
+            self.output.resume()
             self._silent_at = None
-            if self._device_error is None:
-                self._status("listening")
-            if self.on_turn is not None:
-                self.on_turn(record)
-            done.set()
+        elif isinstance(action, ClearOutput):
+            self.output.clear()
+        elif isinstance(action, CancelTurn):
+            self._cancel(action)
+        elif isinstance(action, StartTurn):
+            self._queue_turn(action)
 
-    def _user_segment(self, record: TurnRecord) -> int:
-        for i in range(len(self.log.segments) - 1, -1, -1):
-            seg = self.log.segments[i]
-            if seg.who == "user" and seg.start == record.user_speech_start:
-                return i
-        raise LookupError("user segment missing")
+    def _cancel(self, action: CancelTurn) -> None:
+        if self._running is None or self._running[0].index != action.turn:
+            return
+        record, scope = self._running
+        record.interrupted = True
+        if action.reason == "barge-in":
+            assert action.onset is not None and action.decided is not None
+            timeline = record.timeline
+            timeline.mark("barge_in_onset", action.onset)
+            timeline.mark("barge_in_decided", action.decided)
+            timeline.mark("output_silent", self._silent_at or action.decided)
+            self._emit(Interrupted(record.index, action.onset, action.decided))
+        elif record.error is None:
+            record.error = (
+                "conversation ended" if self.device_error is None else str(self.device_error)
+            )
+        scope.cancel()
 
-    def _finish_record(self, record: TurnRecord, result: TurnResult) -> None:
-        record.agent_text = result.full_text
-        record.heard_text = result.heard_text
-        record.interrupted = record.interrupted or result.interrupted
-        if result.error is not None:
-            record.error = str(result.error)
-        record.durations_ms.update(
-            (k, None if v is None else round(v * 1000, 2))
-            for k, v in result.metrics.durations().items()
+    def _queue_turn(self, action: StartTurn[Utterance]) -> None:
+        utterance = action.utterance
+        record = TurnRecord(action.turn)
+        record.timeline.mark("user_speech_start", utterance.t_onset)
+        record.timeline.mark("user_speech_end", utterance.t_end)
+        record.timeline.mark("end_of_turn", utterance.t_confirmed)
+        self.log.turns.append(record)
+        self._turns_in.send_nowait((record, utterance))
+
+    async def _run_turns(self) -> None:
+        """One turn at a time, in order, until the conversation ends."""
+        try:
+            async with self._turns_out:
+                async for record, utterance in self._turns_out:
+                    await self._run_turn(record, utterance)
+        finally:
+            self.finished.set()
+            self._events_in.close()
+
+    async def _run_turn(self, record: TurnRecord, utterance: Utterance) -> None:
+        """STT, then the answer, under one cancel scope (barge-in and hang-up cancel it)."""
+        scope = anyio.CancelScope()
+        self._running = (record, scope)
+        if self.floor.turn != record.index:  # hung up before it started
+            record.error = "conversation ended"
+            scope.cancel()
+        try:
+            with scope:
+                await self._answer(record, utterance)
+        finally:
+            self._running = None
+            self._settle(record)
+            self._feed(TurnEnded(record.index), self.transport.now())
+
+    async def _answer(self, record: TurnRecord, utterance: Utterance) -> None:
+        transcript = await self.agent.stt.transcribe(
+            utterance.audio.pcm, utterance.audio.sample_rate
         )
-        record.first_audio_played = self._output_time(self.playout.first_played_position)
-        end = self._output_time(self.playout.last_played_end)
-        if record.interrupted and record.output_silent is not None:
-            end = record.output_silent
-        record.agent_audio_end = end
-        if record.first_audio_played is not None and end is not None:
+        now = self.transport.now()
+        record.transcript = transcript.text.strip()
+        record.timeline.mark("transcript", now)
+        record.timeline.durations_ms["stt_compute"] = round(transcript.compute_seconds * 1000, 2)
+        self._user_segment(record).text = record.transcript
+        self._emit(UserSaid(record.index, record.transcript, now))
+        if len(record.transcript) < self.agent.options.min_transcript_chars:
+            record.error = "nothing understood"
+            return
+        turn = record.index
+        await self.session.respond(
+            record.transcript,
+            record,
+            on_audio=lambda: self._feed(TurnAudioStarted(turn), self.transport.now()),
+        )
+        if isinstance(record.cause, AudioDeviceError):  # the speaker was lost mid-answer
+            self._device_lost(record.cause)
+
+    def _settle(self, record: TurnRecord) -> None:
+        """The turn is over: its playout marks, its segment, its events."""
+        timeline, now = record.timeline, self.transport.now()
+        first = self.output.first_played_at if "first_audio_byte" in timeline.marks else None
+        end = timeline.at("output_silent") if record.interrupted else None
+        if end is None and first is not None:
+            end = self.output.last_played_end
+        if first is not None and end is not None:
+            timeline.mark("first_audio_played", first)
+            timeline.mark("audio_end", end)
             self.log.segments.append(
-                Segment(
-                    "agent", record.first_audio_played, end, result.heard_text, record.interrupted
+                Segment("agent", first, end, record.heard_text, record.interrupted)
+            )
+        timeline.mark_first("turn_end", now)
+        if record.error and record.error != "nothing understood":
+            self._emit(ErrorEvent(record.index, record.error, now))
+        if record.agent_text or record.heard_text:
+            self._emit(
+                AgentSaid(
+                    record.index, record.agent_text, record.heard_text, record.interrupted, now
                 )
             )
+        self._emit(TurnFinished(record, now))
 
-    # -- session hooks (stream times) --------------------------------------------------------
+    def _user_segment(self, record: TurnRecord) -> Segment:
+        start = record.timeline.at("user_speech_start")
+        for seg in reversed(self.log.segments):
+            if seg.who == "user" and seg.start == start:
+                return seg
+        raise LookupError("user segment missing")
 
-    def _first_token(self) -> None:
-        if self._record is not None:
-            self._record.first_token = self.now()
+    def _device_lost(self, error: AudioDeviceError) -> None:
+        """The microphone or the speaker is gone: stop listening and end the conversation.
+        Reported once (the first loss wins)."""
+        if self.device_error is None:
+            self.device_error = error
+            log.warning("audio device lost, conversation ended: %s", error)
+            self._emit(ErrorEvent(None, str(error), self.transport.now()))
+        self._listening.cancel()
 
-    def _first_audio(self) -> None:
-        if self._record is not None:
-            self._record.first_audio_byte = self.now()
-            self._status("speaking")
+    def _emit(self, event: Event) -> None:
+        try:
+            self._events_in.send_nowait(event)
+        except anyio.WouldBlock:
+            self.events_dropped += 1
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            pass

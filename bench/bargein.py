@@ -24,11 +24,10 @@ from typing import Any
 import anyio
 import numpy as np
 
+from agent import Agent, AgentOptions, VadConfig
 from agent.audio import resample
-from agent.interfaces import ChatMessage
-from agent.session import Session
-from agent.vad import VadConfig
-from agent.voice_agent import VoiceAgent, VoiceAgentConfig
+from agent.interfaces import ChatMessage, LLMChunk, ToolSchema
+from agent.turntaking import CancelTurn
 from bench._report import print_table, summary, verdict, write_json
 from plugins.elevenlabs.client import ElevenLabsTTS, TTSConfig
 from plugins.elevenlabs.server import LocalTTSServer
@@ -56,8 +55,10 @@ class ClosingClock:
         self.inner = inner
         self.closed_at: list[float] = []
 
-    async def stream(self, messages: Sequence[ChatMessage]) -> AsyncGenerator[str, None]:
-        gen = self.inner.stream(messages)
+    async def stream(
+        self, messages: Sequence[ChatMessage], *, tools: Sequence[ToolSchema] = ()
+    ) -> AsyncGenerator[LLMChunk, None]:
+        gen = self.inner.stream(messages, tools=tools)
         try:
             async for delta in gen:
                 yield delta
@@ -103,26 +104,32 @@ async def run(episodes: int) -> dict[str, Any]:
         async with ElevenLabsTTS(
             TTSConfig(output_format=f"pcm_{RATE}"), base_url=server.url, frame_listener=wire
         ) as tts:
-            session = Session(llm, tts, transport.output)
-            agent = VoiceAgent(
-                session, stt, transport, config=VoiceAgentConfig(vad=VadConfig(min_silence_ms=400))
+            agent = Agent(
+                stt=stt,
+                llm=llm,
+                tts=tts,
+                options=AgentOptions(vad=VadConfig(min_silence_ms=400)),
             )
-            original = agent._interrupt
+            async with transport.running(), agent.conversation(transport) as conversation:
+                original = conversation._cancel
 
-            def timed_interrupt(event: Any) -> None:
-                decisions.append(time.monotonic())
-                original(event)
+                def timed_cancel(action: CancelTurn) -> None:
+                    if action.reason == "barge-in":
+                        decisions.append(time.monotonic())
+                    original(action)
 
-            agent._interrupt = timed_interrupt  # type: ignore[method-assign]
-            async with transport.running():
-                log = await agent.run()
+                conversation._cancel = timed_cancel  # type: ignore[method-assign]
+                await conversation.finished.wait()
+            log = conversation.log
     out = np.frombuffer(transport.recorded_output(), dtype="<i2")
     reactions, shares, fanout_tts, fanout_llm = [], [], [], []
-    interrupted = [t for t in log.turns if t.interrupted and t.barge_in_onset is not None]
+    interrupted = [t for t in log.turns if t.interrupted and t.at("barge_in_onset") is not None]
     for turn in interrupted:
-        onset = min(onsets, key=lambda o: abs(o - turn.barge_in_onset))  # type: ignore[operator]
+        heard_onset = turn.at("barge_in_onset")
+        assert heard_onset is not None
+        onset = min(onsets, key=lambda o: abs(o - heard_onset))
         # silent: the last non-zero output sample of the cancelled answer, searched from the onset
-        nxt = [t.first_audio_played for t in log.turns if t.index == turn.index + 1]
+        nxt = [t.at("first_audio_played") for t in log.turns if t.index == turn.index + 1]
         stop_at = round((nxt[0] if nxt and nxt[0] else onset + 2.0) * RATE)
         before = out[round((onset - 0.1) * RATE) : round(onset * RATE)]
         if not before.any():
@@ -131,9 +138,10 @@ async def run(episodes: int) -> dict[str, Any]:
         voiced = np.flatnonzero(window)
         silent = onset + ((voiced[-1] + 1) if voiced.size else 0) / RATE
         reactions.append((silent - onset) * 1000)
-        assert turn.output_silent is not None and turn.barge_in_onset is not None
-        decided = turn.barge_in_onset + BLOCK_MS / 1000  # end of the first voiced frame
-        shares.append((turn.output_silent - decided) * 1000)
+        output_silent = turn.at("output_silent")
+        assert output_silent is not None
+        decided = heard_onset + BLOCK_MS / 1000  # end of the first voiced frame
+        shares.append((output_silent - decided) * 1000)
     for decided in decisions:  # a close within 1 s belongs to this barge-in
         after = [c for c in close_frames if decided <= c < decided + 1]
         closed = [c for c in llm.closed_at if decided <= c < decided + 1]
@@ -144,16 +152,16 @@ async def run(episodes: int) -> dict[str, Any]:
     audio_s = transport.clock_seconds
     return {
         "episodes": episodes,
-        "barge_ins": agent.barge_ins,
+        "barge_ins": conversation.floor.barge_ins,
         "reaction_ms": summary(reactions) if reactions else None,
         "framework_share_ms": summary(shares) if shares else None,
         "fanout_close_context_ms": summary(fanout_tts) if fanout_tts else None,
         "fanout_llm_closed_ms": summary(fanout_llm) if fanout_llm else None,
-        "vad_cpu_ms_per_audio_s": agent.vad_seconds / audio_s * 1000,
-        "pauses": agent.pauses,
+        "vad_cpu_ms_per_audio_s": conversation.vad_seconds / audio_s * 1000,
+        "pauses": conversation.floor.pauses,
         "fanout_samples": [len(fanout_tts), len(fanout_llm)],
         "reaction_samples": len(reactions),
-        "turns": [t.__dict__ | {} for t in log.turns],
+        "turns": [t.to_dict() for t in log.turns],
     }
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import anyio
 import anyio.lowlevel
 
-from agent.interfaces import ChatMessage
+from agent.interfaces import ChatMessage, LLMChunk, TextDelta, ToolSchema
 
 
 class FakeTokenLLM:
@@ -31,7 +31,9 @@ class FakeTokenLLM:
         self.yielded_at: list[float] = []
         self.ended_at: float | None = None
 
-    async def stream(self, messages: Sequence[ChatMessage]) -> AsyncIterator[str]:
+    async def stream(
+        self, messages: Sequence[ChatMessage], *, tools: Sequence[ToolSchema] = ()
+    ) -> AsyncIterator[LLMChunk]:
         self.yielded_at = []
         for token in self.tokens:
             if self.delay and self.spin:
@@ -42,7 +44,7 @@ class FakeTokenLLM:
             elif self.delay:
                 await anyio.sleep(self.delay)
             self.yielded_at.append(time.monotonic())
-            yield token
+            yield TextDelta(token)
         self.ended_at = time.monotonic()
 
 

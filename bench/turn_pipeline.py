@@ -115,9 +115,9 @@ async def sdk_throughput(n_tokens: int) -> float:
             with tempfile.TemporaryDirectory() as tmp:
                 session = Session(llm, tts, WavFileOutput(16000, Path(tmp)))
                 result = await session.respond("talk")
-    m = result.metrics
-    assert m.first_token is not None and m.last_token is not None
-    return m.deltas / (m.last_token - m.first_token)
+    first, last = result.at("first_token"), result.at("last_token")
+    assert first is not None and last is not None
+    return (len(toks) - 1) / (last - first)
 
 
 async def real_engines(turns: int) -> dict[str, Any]:
@@ -135,27 +135,28 @@ async def real_engines(turns: int) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     engine = await anyio.to_thread.run_sync(PiperEngine.load)
     async with LocalLLMServer() as llm_server, LocalTTSServer(engine) as tts_server:
-        llm = OpenAILLM(
-            "smollm2",
-            base_url=llm_server.base_url,
-            max_tokens=60,
-            system_prompt="You are a helpful voice assistant. Answer briefly.",
-        )
+        llm = OpenAILLM("smollm2", base_url=llm_server.base_url, max_tokens=60)
         async with ElevenLabsTTS(
             TTSConfig(output_format="pcm_16000"), base_url=tts_server.url
         ) as tts:
             with tempfile.TemporaryDirectory() as tmp:
-                session = Session(llm, tts, WavFileOutput(16000, Path(tmp)))
+                session = Session(
+                    llm,
+                    tts,
+                    WavFileOutput(16000, Path(tmp)),
+                    instructions="You are a helpful voice assistant. Answer briefly.",
+                )
                 for i in range(turns):
                     result = await session.respond(prompts[i % len(prompts)])
-                    session.history = session.history[-2:]
-                    m = result.metrics
-                    rows.append({k: v for k, v in m.durations().items() if v is not None})
-                    assert m.llm_request is not None and m.first_audio_byte is not None
-                    rows[-1]["first_audio_since_request"] = m.first_audio_byte - m.llm_request
+                    session.history = session.history[:1] + session.history[-2:]
+                    latencies = result.timeline.latencies()
+                    rows.append({k: v for k, v in latencies.items() if v is not None})
+                    request, audio = result.at("llm_request"), result.at("first_audio_byte")
+                    assert request is not None and audio is not None
+                    rows[-1]["first_audio_since_request"] = (audio - request) * 1000
 
     def med(key: str) -> float:
-        return statistics.median(r[key] for r in rows if key in r) * 1000
+        return statistics.median(r[key] for r in rows if key in r)
 
     return {
         "turns": rows,

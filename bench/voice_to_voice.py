@@ -43,13 +43,15 @@ def breakdown(log: Any) -> list[dict[str, float]]:
     rows = []
     for turn in log.turns:
         d = turn.durations_ms
-        if turn.voice_to_voice_ms is None or "tts_engine" not in d:
+        lat = turn.timeline.latencies()
+        v2v, waited, ttft = lat["voice_to_voice"], lat["end_of_turn_wait"], lat["ttft"]
+        if v2v is None or waited is None or ttft is None or "tts_engine" not in d:
             continue
         row = {
-            "voice_to_voice": turn.voice_to_voice_ms,
-            "end_of_turn_wait": d["end_of_turn_wait"],
+            "voice_to_voice": v2v,
+            "end_of_turn_wait": waited,
             "stt_compute": d["stt_compute"],
-            "llm_first_token": d["ttft"],
+            "llm_first_token": ttft,
             "llm_until_tts": d["llm_until_tts"],
             "tts_engine": d["tts_engine"],
         }

@@ -1,40 +1,38 @@
-"""A minimal voxloop assistant: one typed question in, the spoken answer out as a WAV file.
+"""A voice agent in 25 lines, offline: ask it a question recorded in a WAV file.
 
-    python examples/minimal_assistant.py "What is the moon?"
-
-With no keys in the environment it runs offline: the local LLM server (SmolLM2 on llama.cpp)
-and the local ElevenLabs-protocol TTS server (piper) start on 127.0.0.1 for the run.
-Set OPENAI_API_KEY / ELEVENLABS_API_KEY (or *_BASE_URL) to use real services instead.
+voxloop say "What color is the sky?" --format pcm_16000 --name question.wav
+python examples/minimal_assistant.py output/question.wav
 """
 
-from __future__ import annotations
-
 import sys
-from pathlib import Path
 
 import anyio
 
-from agent.app.chat import AgentSettings, make_llm, make_tts
-from agent.app.compose import llm_endpoint, stderr_progress, tts_endpoint
-from agent.file_output import WavFileOutput
-from agent.session import Session
+from agent import Agent, AgentSaid, UserSaid
+from plugins.elevenlabs import ElevenLabsTTS, running_server
+from plugins.local import LocalLLMServer, WhisperSTT
+from plugins.openai import OpenAILLM
+from plugins.virtual import VirtualTransport
 
 
-async def main(question: str) -> None:
-    settings = AgentSettings()
-    progress = stderr_progress("example")
-    output = WavFileOutput(settings.sample_rate, Path("output/example"))
+async def main(question_wav: str) -> None:
+    line = VirtualTransport(mic=question_wav)  # or plugins.sounddevice.SoundDeviceTransport()
     async with (
-        llm_endpoint(progress=progress) as llm_ep,
-        tts_endpoint(progress=progress) as tts_ep,
-        make_llm(settings, llm_ep) as llm,
-        make_tts(settings, tts_ep, settings.sample_rate) as tts,
+        LocalLLMServer() as llm_server,
+        running_server() as tts_server,
+        OpenAILLM("smollm2", base_url=llm_server.base_url) as llm,
+        ElevenLabsTTS(base_url=tts_server.url) as tts,
+        WhisperSTT() as stt,
+        line.running(),
     ):
-        result = await Session(llm, tts, output).respond(question)
-    print(f"you:   {question}\nagent: {result.full_text}")
-    print(f"       [{result.metrics.summary_line()}]")
-    print(f"audio: {output.save('answer.wav')}")
+        agent = Agent(stt=stt, llm=llm, tts=tts, instructions="You are a cheerful pirate.")
+        async with agent.conversation(line) as conversation:
+            async for event in conversation:
+                if isinstance(event, UserSaid):
+                    print("you:  ", event.text)
+                elif isinstance(event, AgentSaid):
+                    print("agent:", event.heard)
+                    break
 
 
-if __name__ == "__main__":
-    anyio.run(main, " ".join(sys.argv[1:]) or "What is the moon?")
+anyio.run(main, sys.argv[1])

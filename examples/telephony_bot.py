@@ -1,12 +1,12 @@
-"""A telephony-style voice bot on a simulated phone line (8 kHz, G.711 mu-law), offline.
+"""A phone bot on a simulated phone line (8 kHz, G.711 μ-law), offline, on the public API.
 
     python examples/telephony_bot.py
 
-The "call" is the virtual transport at 8 kHz: a scripted caller speaks through a mu-law line
-(encoded and decoded as a phone network would), the agent listens with webrtcvad at 8 kHz,
-asks the TTS for `ulaw_8000` (what phone bridges request from ElevenLabs) and answers; the
-caller interrupts once. The call is recorded to output/telephony/call.wav (caller left, bot
-right). Swap VirtualTransport for a real media stream to put it on a phone line.
+The "call" is the virtual transport at 8 kHz with a μ-law line: a scripted caller asks a
+question and, once the bot has talked for a second, cuts it off with another. The bot listens
+with webrtcvad at 8 kHz and asks the TTS for `ulaw_8000`, as phone bridges ask ElevenLabs. Phone
+networks cancel line echo, so the echo guard is off. The call is recorded to
+output/telephony/call.wav (caller left, bot right).
 """
 
 from __future__ import annotations
@@ -15,67 +15,45 @@ from pathlib import Path
 
 import anyio
 
-from agent.audio import ulaw_decode, ulaw_encode
-from agent.app.chat import AgentSettings, make_llm
-from agent.app.compose import llm_endpoint, load_stt, stderr_progress, tts_endpoint
-from agent.app.report import turn_table, write_stereo_wav
-from agent.session import Session
-from agent.app.user_voice import synthesize_user_lines
-from agent.voice_agent import VoiceAgent
-from plugins.elevenlabs.client import DEFAULT_VOICE_ID, ElevenLabsTTS, TTSConfig
-from plugins.local.piper_tts import PiperEngine
-from plugins.virtual.transport import VirtualTransport
+from agent import Agent, AgentOptions, EchoConfig, StateChanged, TurnFinished, UserSaid
+from plugins.elevenlabs import ElevenLabsTTS, TTSConfig, running_server
+from plugins.local import LocalLLMServer, PiperEngine, WhisperSTT
+from plugins.openai import OpenAILLM
+from plugins.virtual import VirtualTransport
 
-RATE = 8000  # narrowband telephony
-CALLER = [
-    (0.5, "Hi, I would like to know how many days are in a week."),
-    (None, "Sorry, one more thing. What color is the sky?"),  # cuts the bot off
-]
-
-
-def phone_line(pcm: bytes) -> bytes:
-    """What the caller's voice sounds like after a mu-law phone network."""
-    return ulaw_decode(ulaw_encode(pcm))
+INSTRUCTIONS = "You answer phone calls for a bakery. Be brief and friendly."
 
 
 async def main() -> None:
-    progress = stderr_progress("telephony")
     engine = await anyio.to_thread.run_sync(PiperEngine.load)
-    voices = synthesize_user_lines([text for _, text in CALLER], engine, sample_rate=RATE)
-    call = VirtualTransport(RATE, block_ms=20, realtime=True)
-    call.inject(phone_line(voices[0]), at_seconds=CALLER[0][0])
-    settings = AgentSettings(system_prompt="You answer phone calls. Be brief and friendly.")
-    stt = await load_stt(progress=progress)
+    call = VirtualTransport(8000, line="ulaw")
+    call.speak(engine, "Hi, I would like to know how many days are in a week.", at_seconds=0.5)
+    cut_in = False
     async with (
-        llm_endpoint(progress=progress) as llm_ep,
-        tts_endpoint(progress=progress) as tts_ep,
-        make_llm(settings, llm_ep) as llm,
-        ElevenLabsTTS(
-            TTSConfig(voice_id=DEFAULT_VOICE_ID, output_format="ulaw_8000"),
-            api_key=tts_ep.api_key,
-            base_url=tts_ep.url,
-        ) as tts,
+        LocalLLMServer() as llm_server,
+        running_server(engine) as tts_server,
+        OpenAILLM("smollm2", base_url=llm_server.base_url, max_tokens=60) as llm,
+        ElevenLabsTTS(TTSConfig(output_format="ulaw_8000"), base_url=tts_server.url) as tts,
+        WhisperSTT() as stt,
+        call.running(),
     ):
-        agent = VoiceAgent(Session(llm, tts, call.output), stt, call)
-        hang_up = anyio.Event()
-
-        async def caller() -> None:
-            # wait until the bot has been talking for a second, then cut in; then hang up
-            while agent.speaking_for() < 1.0:
-                await call.wait_until(call.clock_seconds + 0.02)
-            call.inject(phone_line(voices[1]))
-            while len(agent.log.turns) < 2 or not agent.idle:
-                await call.wait_until(call.clock_seconds + 0.02)
-            hang_up.set()
-
-        async with call.running(), anyio.create_task_group() as tg:
-            tg.start_soon(caller)
-            log = await agent.run(until=hang_up)
-    path = write_stereo_wav(
-        Path("output/telephony/call.wav"), call.recorded_input(), call.recorded_output(), RATE
-    )
-    print(turn_table(log))
-    print(f"call recording: {path}")
+        options = AgentOptions(echo=EchoConfig(enabled=False))
+        agent = Agent(stt=stt, llm=llm, tts=tts, instructions=INSTRUCTIONS, options=options)
+        async with agent.conversation(call) as conversation:
+            async for event in conversation:
+                if isinstance(event, StateChanged) and event.state == "speaking" and not cut_in:
+                    call.speak(engine, "Sorry, what color is the sky?", call.now() + 1.0)
+                    cut_in = True
+                elif isinstance(event, UserSaid):
+                    print(f"caller: {event.text}")
+                elif isinstance(event, TurnFinished):
+                    record = event.record
+                    cut = " [interrupted]" if record.interrupted else ""
+                    print(f"bot:    {record.heard_text}{cut}")
+                    print(f"        ({record.timeline.summary_line()})")
+                    if event.turn == 2:
+                        break
+    print(f"call recording: {call.save_stereo_wav(Path('output/telephony/call.wav'))}")
 
 
 if __name__ == "__main__":

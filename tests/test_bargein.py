@@ -15,11 +15,8 @@ import anyio
 import numpy as np
 import pytest
 
-from agent.bargein import BargeInConfig
-from agent.conversation import ConversationLog
-from agent.session import Session
-from agent.vad import VadConfig
-from agent.voice_agent import VoiceAgent, VoiceAgentConfig
+from agent import Agent, AgentOptions, BargeInRules, ConversationLog, EchoConfig, VadConfig
+from agent.voice_agent import Conversation
 from plugins.elevenlabs.client import ElevenLabsTTS, TTSConfig
 from plugins.elevenlabs.server import LocalTTSServer
 from plugins.openai.llm import OpenAILLM
@@ -50,8 +47,9 @@ async def converse(
     seconds: float,
     *,
     echo_gain: float = 0.0,
-    bargein: BargeInConfig | None = None,
-) -> tuple[ConversationLog, VirtualTransport, Session, VoiceAgent]:
+    barge_in: BargeInRules | None = None,
+    echo: EchoConfig | None = None,
+) -> tuple[ConversationLog, VirtualTransport, Conversation]:
     transport = VirtualTransport(
         RATE, block_ms=20, realtime=True, duration_s=seconds, echo_gain=echo_gain
     )
@@ -61,19 +59,20 @@ async def converse(
         llm = OpenAILLM("scripted", base_url=fake.base_url)
         config = TTSConfig(output_format=f"pcm_{RATE}")
         async with ElevenLabsTTS(config, base_url=tts_srv.url) as tts:
-            session = Session(llm, tts, transport.output)
-            agent = VoiceAgent(
-                session,
-                whisper_stt,
-                transport,
-                config=VoiceAgentConfig(
-                    vad=VadConfig(min_silence_ms=400), bargein=bargein or BargeInConfig()
+            agent = Agent(
+                stt=whisper_stt,
+                llm=llm,
+                tts=tts,
+                options=AgentOptions(
+                    vad=VadConfig(min_silence_ms=400),
+                    barge_in=barge_in or BargeInRules(),
+                    echo=echo or EchoConfig(),
                 ),
             )
             with anyio.fail_after(seconds + 30):
-                async with transport.running():
-                    log = await agent.run()
-    return log, transport, session, agent
+                async with transport.running(), agent.conversation(transport) as conversation:
+                    await conversation.finished.wait()
+    return conversation.log, transport, conversation
 
 
 def samples(pcm: bytes) -> np.ndarray[Any, np.dtype[np.int16]]:
@@ -86,7 +85,7 @@ async def test_user_speech_stops_playback_and_history_holds_heard_words(
     question = speak16k("Please tell me all about the moon.")
     stop = speak16k("Wait, tell me about the sun instead.")
     interrupt_at = 5.0
-    log, transport, session, agent = await converse(
+    log, transport, agent = await converse(
         piper_engine,
         whisper_stt,
         [word_tokens(LONG_ANSWER), tokens("The sun ", "is a star.")],
@@ -94,40 +93,39 @@ async def test_user_speech_stops_playback_and_history_holds_heard_words(
         seconds=14,
     )
     first, second = log.turns[:2]
-    assert "moon" in first.transcript.lower()
-    assert first.interrupted and first.barge_in_onset is not None
-    assert first.first_audio_played is not None and first.first_audio_played < interrupt_at, (
-        "the agent must be speaking when the user interrupts"
+    onset, played, silent = (
+        first.at(m) for m in ("barge_in_onset", "first_audio_played", "output_silent")
     )
+    assert "moon" in first.transcript.lower()
+    assert first.interrupted and onset is not None and silent is not None
+    assert played is not None and played < interrupt_at, "the agent must be speaking at the cut"
     # onset found near the injected speech; output silent soon after
-    assert abs(first.barge_in_onset - interrupt_at) < 0.25
-    assert first.output_silent is not None
-    assert first.output_silent - interrupt_at < 0.3
+    assert abs(onset - interrupt_at) < 0.25
+    assert silent - interrupt_at < 0.3
     out = samples(transport.recorded_output())
-    silent_from = round(first.output_silent * RATE)
-    next_audio = second.first_audio_played
-    assert next_audio is not None and next_audio > first.output_silent
+    silent_from = round(silent * RATE)
+    next_audio = second.at("first_audio_played")
+    assert next_audio is not None and next_audio > silent
     gap = out[silent_from : round(next_audio * RATE)]
     assert gap.size > 0 and not gap.any(), "a sample of the cancelled answer played after the cut"
     # history: exactly the heard words, marked interrupted
-    assistant = [m for m in session.history if m.role == "assistant"]
+    assistant = [m for m in agent.history if m.role == "assistant"]
     assert assistant[0].interrupted
     assert assistant[0].content == first.heard_text
     heard = first.heard_text.split()
     assert 3 <= len(heard) < len(LONG_ANSWER.split())
     assert LONG_ANSWER.startswith(first.heard_text)
     # the heard words fit in the audio actually played before the cut (15 words/s is plenty)
-    played_s = first.output_silent - first.first_audio_played
-    assert len(heard) <= played_s * 4 + 2
+    assert len(heard) <= (silent - played) * 4 + 2
     assert "sun" in second.transcript.lower() and second.heard_text == "The sun is a star."
-    assert agent.barge_ins == 1
+    assert agent.floor.barge_ins == 1
 
 
 async def test_barge_in_before_first_audio_byte(
     piper_engine: Any, whisper_stt: Any, speak16k: Any
 ) -> None:
     slow = StreamReply((Token("This ", delay=3.0), Token("is late.")))
-    log, _, session, _ = await converse(
+    log, _, agent = await converse(
         piper_engine,
         whisper_stt,
         [slow, tokens("Sure, ", "here.")],
@@ -135,9 +133,9 @@ async def test_barge_in_before_first_audio_byte(
         seconds=8,
     )
     first = log.turns[0]
-    assert first.interrupted and first.first_audio_played is None
+    assert first.interrupted and first.at("first_audio_played") is None
     assert first.heard_text == ""
-    assert not any(m.content.startswith("This") for m in session.history)
+    assert not any(m.content.startswith("This") for m in agent.history)
     assert log.turns[1].heard_text == "Sure, here."
 
 
@@ -146,7 +144,7 @@ async def test_barge_in_between_flush_and_final(
 ) -> None:
     # the whole answer arrives at once: the flush is on the wire long before the audio ends
     burst = tokens(*[w + " " for w in LONG_ANSWER.split()])
-    log, _, _, _ = await converse(
+    log, _, _ = await converse(
         piper_engine,
         whisper_stt,
         [burst, tokens("Okay.")],
@@ -155,7 +153,7 @@ async def test_barge_in_between_flush_and_final(
     )
     first = log.turns[0]
     assert first.interrupted
-    assert first.durations_ms.get("last_token_to_flush") is not None, "flush was sent"
+    assert first.latency_ms("last_token_to_flush") is not None, "flush was sent"
     assert 0 < len(first.heard_text) < len(LONG_ANSWER)
     assert log.turns[1].heard_text == "Okay."
 
@@ -165,7 +163,7 @@ async def test_a_click_does_not_interrupt_and_costs_no_words(
 ) -> None:
     click = (np.sin(np.arange(int(0.03 * RATE)) * 0.9) * 20000).astype("<i2").tobytes()
     answer = "One two three four five six seven eight nine ten."
-    log, _, session, agent = await converse(
+    log, _, agent = await converse(
         piper_engine,
         whisper_stt,
         [word_tokens(answer)],
@@ -173,49 +171,50 @@ async def test_a_click_does_not_interrupt_and_costs_no_words(
         seconds=9,
     )
     turn = log.turns[0]
-    assert not turn.interrupted and agent.barge_ins == 0
+    assert not turn.interrupted and agent.floor.barge_ins == 0
     assert turn.heard_text == answer
-    assert session.history[-1].content == answer and not session.history[-1].interrupted
+    assert agent.history[-1].content == answer and not agent.history[-1].interrupted
 
 
 async def test_echo_guard_keeps_the_agent_from_interrupting_itself(
     piper_engine: Any, whisper_stt: Any, speak16k: Any
 ) -> None:
     script = [(0.3, speak16k("Please tell me all about the moon."))]
-    guarded, _, _, agent = await converse(
+    guarded, _, agent = await converse(
         piper_engine, whisper_stt, [word_tokens(LONG_ANSWER)], script, seconds=9, echo_gain=0.3
     )
-    assert agent.barge_ins == 0 and guarded.turns[0].barge_in_onset is None
-    assert guarded.turns[0].first_audio_played is not None
+    assert agent.floor.barge_ins == 0 and guarded.turns[0].at("barge_in_onset") is None
+    assert guarded.turns[0].at("first_audio_played") is not None
     assert agent.guard.gated_frames > 10
     # the same echo without the guard: the agent's own voice trips the VAD. With pause-on-onset
     # that shows as stutter (pause, echo stops, resume); without it, as self-interruption.
-    _, _, _, stutter = await converse(
+    _, _, stutter = await converse(
         piper_engine,
         whisper_stt,
         [word_tokens(LONG_ANSWER)],
         script,
         seconds=9,
         echo_gain=0.3,
-        bargein=BargeInConfig(echo_guard=False),
+        echo=EchoConfig(enabled=False),
     )
-    assert stutter.pauses > agent.pauses + 3
-    _, _, _, selfish = await converse(
+    assert stutter.floor.pauses > agent.floor.pauses + 3
+    _, _, selfish = await converse(
         piper_engine,
         whisper_stt,
         [word_tokens(LONG_ANSWER)],
         script,
         seconds=9,
         echo_gain=0.3,
-        bargein=BargeInConfig(echo_guard=False, pause_on_onset=False),
+        echo=EchoConfig(enabled=False),
+        barge_in=BargeInRules(pause_on_onset=False),
     )
-    assert selfish.barge_ins >= 1
+    assert selfish.floor.barge_ins >= 1
 
 
 async def test_user_still_interrupts_through_the_echo_guard(
     piper_engine: Any, whisper_stt: Any, speak16k: Any
 ) -> None:
-    log, _, _, agent = await converse(
+    log, _, agent = await converse(
         piper_engine,
         whisper_stt,
         [word_tokens(LONG_ANSWER), tokens("Okay.")],
@@ -226,5 +225,6 @@ async def test_user_still_interrupts_through_the_echo_guard(
         seconds=10,
         echo_gain=0.3,
     )
-    assert agent.barge_ins == 1 and log.turns[0].interrupted
-    assert log.turns[0].barge_in_onset is not None and abs(log.turns[0].barge_in_onset - 5.0) < 0.3
+    assert agent.floor.barge_ins == 1 and log.turns[0].interrupted
+    onset = log.turns[0].at("barge_in_onset")
+    assert onset is not None and abs(onset - 5.0) < 0.3

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import soxr
 
-from tests.textmetrics import wer
 from plugins.local.piper_tts import EngineChunk, PiperEngine
 from plugins.local.whisper_stt import WhisperSTT
+from tests.textmetrics import wer
 
 pytestmark = [
     pytest.mark.engines,

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.interfaces import ChatMessage
 from agent.errors import LLMConfigError
+from agent.interfaces import ChatMessage
 from plugins.local import llm_server
 from plugins.local.llm_server import LocalLLMServer, LocalLLMServerError, find_model
 from plugins.openai.llm import OpenAILLM

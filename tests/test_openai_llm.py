@@ -8,7 +8,6 @@ from contextlib import aclosing
 import anyio
 import pytest
 
-from agent.interfaces import LLM, ChatMessage
 from agent.errors import (
     LLMAuthError,
     LLMConfigError,
@@ -18,6 +17,7 @@ from agent.errors import (
     LLMStreamError,
     LLMTimeoutError,
 )
+from agent.interfaces import LLM, ChatMessage
 from plugins.openai.llm import OpenAILLM
 from tests.fakes.scripted_llm import (
     Drop,

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.conversation import ConversationLog, Segment, TurnRecord
 from agent.app.report import not_heard_text, turn_table, write_all
+from agent.conversation import ConversationLog, Segment, TurnRecord
 
 RATE = 16000
 
@@ -31,50 +31,68 @@ def _track(total: float, spans: list[tuple[float, float]], freq: float) -> bytes
     return out.astype("<i2").tobytes()
 
 
+def turn(index: int, marks: dict[str, float], **fields: object) -> TurnRecord:
+    """A turn whose timeline has ``marks``; the LLM request and the first text sent coincide
+    with the transcript and the first token, and the end of turn with the speech end."""
+    record = TurnRecord(index, **fields)  # type: ignore[arg-type]
+    timeline = dict(marks)
+    timeline.setdefault("end_of_turn", marks["user_speech_end"])
+    timeline.setdefault("llm_request", marks["transcript"])
+    timeline.setdefault("first_text_sent", marks["first_token"])
+    for name, t in timeline.items():
+        record.timeline.mark(name, t)
+    return record
+
+
 def sample_log() -> ConversationLog:
     """Three turns; the second is interrupted by the third's question (a barge-in)."""
     turns = [
-        TurnRecord(
-            index=1,
-            user_speech_start=0.5,
-            user_speech_end=2.0,
+        turn(
+            1,
+            {
+                "user_speech_start": 0.5,
+                "user_speech_end": 2.0,
+                "transcript": 2.35,
+                "first_token": 2.61,
+                "first_audio_byte": 2.76,
+                "first_audio_played": 2.85,
+                "audio_end": 5.2,
+            },
             transcript="What is the capital of France?",
-            transcript_ready=2.35,
-            first_token=2.61,
-            first_audio_byte=2.76,
-            first_audio_played=2.85,
-            agent_audio_end=5.2,
             agent_text="The capital of France is Paris.",
             heard_text="The capital of France is Paris.",
         ),
-        TurnRecord(
-            index=2,
-            user_speech_start=6.0,
-            user_speech_end=8.2,
+        turn(
+            2,
+            {
+                "user_speech_start": 6.0,
+                "user_speech_end": 8.2,
+                "transcript": 8.5,
+                "first_token": 8.8,
+                "first_audio_byte": 9.0,
+                "first_audio_played": 9.12,
+                "barge_in_onset": 13.4,
+                "barge_in_decided": 13.65,
+                "output_silent": 13.72,
+            },
             transcript="Tell me a long story about a dragon.",
-            transcript_ready=8.5,
-            first_token=8.8,
-            first_audio_byte=9.0,
-            first_audio_played=9.12,
-            agent_audio_end=None,
             agent_text="Once upon a time, a dragon lived in a cave. He guarded gold for a "
             "hundred years until a brave knight came.",
             heard_text="Once upon a time, a dragon lived in a cave.",
             interrupted=True,
-            barge_in_onset=13.4,
-            barge_in_decided=13.65,
-            output_silent=13.72,
         ),
-        TurnRecord(
-            index=3,
-            user_speech_start=13.4,
-            user_speech_end=15.0,
+        turn(
+            3,
+            {
+                "user_speech_start": 13.4,
+                "user_speech_end": 15.0,
+                "transcript": 15.31,
+                "first_token": 15.52,
+                "first_audio_byte": 15.66,
+                "first_audio_played": 15.75,
+                "audio_end": 17.0,
+            },
             transcript="Thanks, that is all.",
-            transcript_ready=15.31,
-            first_token=15.52,
-            first_audio_byte=15.66,
-            first_audio_played=15.75,
-            agent_audio_end=17.0,
             agent_text="You're welcome, goodbye!",
             heard_text="You're welcome, goodbye!",
         ),

@@ -16,9 +16,9 @@ from typing import Any
 import anyio
 import pytest
 
-from agent.file_output import WavFileOutput
-from agent.interfaces import ChatMessage
 from agent.errors import LLMError, LLMTimeoutError
+from agent.file_output import WavFileOutput
+from agent.interfaces import ChatMessage, LLMChunk, ToolSchema
 from agent.session import Session
 from plugins.elevenlabs.client import ElevenLabsTTS, TTSConfig
 from plugins.elevenlabs.server import LocalTTSServer
@@ -55,10 +55,12 @@ class RecordingLLM:
         self.inner = inner
         self.ended_at: list[float] = []
 
-    async def stream(self, messages: Sequence[ChatMessage]) -> AsyncIterator[str]:
+    async def stream(
+        self, messages: Sequence[ChatMessage], *, tools: Sequence[ToolSchema] = ()
+    ) -> AsyncIterator[LLMChunk]:
         try:
-            async for delta in self.inner.stream(messages):
-                yield delta
+            async for chunk in self.inner.stream(messages, tools=tools):
+                yield chunk
         finally:
             self.ended_at.append(time.monotonic())
 
@@ -99,24 +101,28 @@ async def test_real_local_llm_turn_streams_into_the_socket(
                 "smollm2",
                 base_url=llm_server.base_url,
                 max_tokens=60,
-                system_prompt="You are a helpful assistant. Answer in two sentences.",
             )
         )
         output = WavFileOutput(16000, tmp_path)
         async with ElevenLabsTTS(
             TTSConfig(output_format="pcm_16000"), base_url=tts_server.url, frame_listener=wire
         ) as tts:
-            session = Session(llm, tts, output)
+            session = Session(
+                llm,
+                tts,
+                output,
+                instructions="You are a helpful assistant. Answer in two sentences.",
+            )
             result = await session.respond("Tell me about the moon.")
             first_text, flush_at = check_turn_wire(wire.sent(), "ctx-1")
             assert result.error is None and not result.interrupted
             assert output.samples_played / 16000 > 1.0, "the turn produced speech"
             assert first_text < llm.ended_at[0], "text went out before the LLM stream ended"
             assert flush_at >= llm.ended_at[0] - 0.001
-            assert result.metrics.ttft is not None and result.metrics.ttfb is not None
+            assert result.latency_ms("ttft") is not None and result.latency_ms("ttfb") is not None
             assert session.history[-1].role == "assistant"
             assert (
-                session.history[-1].content == result.full_text.strip()
+                session.history[-1].content == result.agent_text.strip()
                 or session.history[-1].content
             )
             # a second turn on the same warm socket
@@ -151,7 +157,7 @@ async def test_llm_error_mid_turn_keeps_what_was_spoken_and_next_turn_works(
         piper_engine, [failing, tokens("All ", "good ", "now.")], ["one", "two"], tmp_path
     )
     first, second = results
-    assert isinstance(first.error, LLMError)
+    assert isinstance(first.cause, LLMError)
     assert first.heard_text == "The first part was said."
     assert second.error is None and second.heard_text == "All good now."
     assert [m.content for m in session.history if m.role == "assistant"] == [
@@ -187,7 +193,7 @@ async def test_stalled_stream_times_out_and_keeps_the_spoken_part(
         tmp_path,
         inter_token_timeout=0.5,
     )
-    assert isinstance(results[0].error, LLMTimeoutError)
+    assert isinstance(results[0].cause, LLMTimeoutError)
     assert results[0].heard_text == "Before the stall"
     assert results[1].heard_text == "Recovered."
     assert time.monotonic() - started < 25

@@ -7,9 +7,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from agent.app.user_voice import synthesize_user_lines, trim_silence
 from agent.audio import pcm_to_array
 from tests.textmetrics import wer
-from agent.app.user_voice import synthesize_user_lines, trim_silence
 
 RATE = 16000
 LINES = [

@@ -10,41 +10,30 @@ import argparse
 import json
 import logging
 import sys
-import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import anyio
 
-from agent.app.compose import Endpoint, llm_endpoint, stderr_progress, tts_endpoint
-from agent.file_output import WavFileOutput
-from agent.session import Session, SessionHooks, TurnResult
-
-DEFAULT_SYSTEM_PROMPT = (
-    "You are a friendly voice assistant. Answer in one or two short, plain sentences."
+from agent.app.compose import (
+    DEFAULT_INSTRUCTIONS,
+    REMOTE_MODEL,
+    AgentSettings,
+    Progress,
+    llm_endpoint,
+    make_llm,
+    make_tts,
+    stderr_progress,
+    tts_endpoint,
 )
-LOCAL_MODEL = "smollm2-135m-instruct"
-AGENT_SCHEDULE = (50, 120, 160, 250)
-REMOTE_MODEL = "gpt-4o-mini"
-
-
-@dataclass
-class AgentSettings:
-    """What `chat`, `run` and `demo` share: models, addresses, prompt."""
-
-    llm_url: str | None = None
-    tts_url: str | None = None
-    model: str | None = None
-    voice: str | None = None
-    tts_model: str = "eleven_flash_v2_5"
-    system_prompt: str = DEFAULT_SYSTEM_PROMPT
-    max_tokens: int = 80
-    temperature: float = 0.3
-    sentence_mode: bool = False
-    sample_rate: int = 16000
+from agent.conversation import TurnRecord
+from agent.events import AgentText, Event
+from agent.file_output import WavFileOutput
+from agent.interfaces import AudioOutput
+from agent.session import Session
+from agent.timeline import MonotonicClock
 
 
 def add_agent_options(p: argparse.ArgumentParser) -> None:
@@ -64,7 +53,12 @@ def add_agent_options(p: argparse.ArgumentParser) -> None:
         "the real service with ELEVENLABS_API_KEY, else the local TTS server)",
     )
     p.add_argument("--voice", help="TTS voice id")
-    p.add_argument("--system", default=DEFAULT_SYSTEM_PROMPT, help="system prompt")
+    p.add_argument(
+        "--instructions",
+        "--system",
+        default=DEFAULT_INSTRUCTIONS,
+        help="the agent's instructions (system prompt)",
+    )
     p.add_argument(
         "--max-tokens",
         type=int,
@@ -84,41 +78,10 @@ def settings_from(args: argparse.Namespace) -> AgentSettings:
         tts_url=args.tts_url,
         model=args.model,
         voice=args.voice,
-        system_prompt=args.system,
+        instructions=args.instructions,
         max_tokens=args.max_tokens,
         sentence_mode=args.sentence_mode,
     )
-
-
-def make_llm(settings: AgentSettings, ep: Endpoint) -> Any:
-    """The OpenAI-compatible LLM for an endpoint."""
-    from plugins.openai.llm import OpenAILLM
-
-    model = settings.model or (LOCAL_MODEL if ep.local else REMOTE_MODEL)
-    return OpenAILLM(
-        model,
-        system_prompt=settings.system_prompt,
-        temperature=settings.temperature,
-        max_tokens=settings.max_tokens,
-        base_url=ep.url,
-        api_key=ep.api_key,
-    )
-
-
-def make_tts(settings: AgentSettings, ep: Endpoint, sample_rate: int) -> Any:
-    """The ElevenLabs-protocol TTS connection for an endpoint, producing PCM at ``sample_rate``."""
-    from plugins.elevenlabs.client import DEFAULT_VOICE_ID, ElevenLabsTTS, TTSConfig
-    from plugins.elevenlabs.protocol import GenerationConfig
-
-    config = TTSConfig(
-        voice_id=settings.voice or DEFAULT_VOICE_ID,
-        model_id=settings.tts_model,
-        output_format=f"pcm_{sample_rate}",
-        # A conversational turn wants its first words fast: start generating at 50 buffered
-        # characters (the protocol's minimum) instead of 120; the flush ends each turn anyway.
-        generation_config=GenerationConfig(chunk_length_schedule=AGENT_SCHEDULE),
-    )
-    return ElevenLabsTTS(config, api_key=ep.api_key, base_url=ep.url)
 
 
 def _read_lines(interactive: bool) -> list[str] | None:
@@ -129,8 +92,8 @@ def _read_lines(interactive: bool) -> list[str] | None:
 
 @asynccontextmanager
 async def speaker_or_files(
-    rate: int, out: str | None, progress: Any
-) -> AsyncIterator[tuple[Any, WavFileOutput | None]]:
+    rate: int, out: str | None, clock: MonotonicClock, progress: Progress
+) -> AsyncIterator[tuple[AudioOutput, WavFileOutput | None]]:
     """The speaker when one exists (and --out was not given), else WAV files in --out."""
     if out is None:
         from agent.errors import AudioDeviceError
@@ -146,17 +109,17 @@ async def speaker_or_files(
         except AudioDeviceError as err:
             progress(f"no speaker ({err}); writing answers to output/ instead")
             out = "output"
-    files = WavFileOutput(rate, Path(out))
+    files = WavFileOutput(rate, Path(out), clock)
     yield files, files
 
 
-def metrics_writer(path: str | None) -> Any:
+def metrics_writer(path: str | None) -> Callable[[TurnRecord], None]:
     """Per-turn metrics as structured events: JSON lines in ``path`` (and the
     `voxloop.metrics` logger at INFO, for any log pipeline)."""
     metrics_log = logging.getLogger("voxloop.metrics")
 
-    def write(result: TurnResult) -> None:
-        event = {"event": "turn", **result.metrics.to_dict(), "interrupted": result.interrupted}
+    def write(record: TurnRecord) -> None:
+        event = {"event": "turn", **record.to_dict()}
         metrics_log.info(json.dumps(event))
         if path:
             with open(path, "a", encoding="utf-8") as out:
@@ -173,21 +136,24 @@ def cmd_chat(args: argparse.Namespace) -> int:
     scripted = _read_lines(interactive)
     structured = metrics_writer(args.metrics_json)
 
-    def show_text(piece: str) -> None:
-        print(piece, end="", flush=True)
+    def show_text(event: Event) -> None:
+        if isinstance(event, AgentText):
+            print(event.text, end="", flush=True)
 
-    def turn_end(result: TurnResult) -> None:
+    def turn_end(record: TurnRecord) -> None:
         print()
-        print(f"  [{result.metrics.summary_line()}]", file=sys.stderr, flush=True)
-        if result.error is not None:
-            print(f"  [turn ended early: {result.error}]", file=sys.stderr, flush=True)
-        structured(result)
+        print(f"  [turn {record.index}: {record.timeline.summary_line()}]", file=sys.stderr)
+        if record.error is not None:
+            print(f"  [turn ended early: {record.error}]", file=sys.stderr, flush=True)
+        structured(record)
+
+    clock = MonotonicClock()
 
     async def main() -> None:
         async with (
             llm_endpoint(settings.llm_url, progress=progress) as llm_ep,
             tts_endpoint(settings.tts_url, progress=progress) as tts_ep,
-            speaker_or_files(settings.sample_rate, args.out, progress) as (output, files),
+            speaker_or_files(settings.sample_rate, args.out, clock, progress) as (output, files),
         ):
             progress(f"LLM: {llm_ep.describe()}")
             progress(f"TTS: {tts_ep.describe()}")
@@ -199,8 +165,10 @@ def cmd_chat(args: argparse.Namespace) -> int:
                     llm,
                     tts,
                     output,
+                    instructions=settings.instructions,
+                    clock=clock,
                     sentence_mode=settings.sentence_mode,
-                    hooks=SessionHooks(on_text_sent=show_text, on_turn_end=turn_end),
+                    on_event=show_text,
                 )
                 n = 0
                 while True:
@@ -218,8 +186,12 @@ def cmd_chat(args: argparse.Namespace) -> int:
                             continue
                     n += 1
                     print("agent> ", end="", flush=True)
-                    started = time.monotonic()
-                    await session.respond(line, user_speech_end=started)
+                    record = TurnRecord(n)
+                    record.timeline.mark("end_of_turn", clock.now())
+                    await session.respond(line, record)
+                    if output.first_played_at is not None:
+                        record.timeline.mark("first_audio_played", output.first_played_at)
+                    turn_end(record)
                     path = files.save(f"chat-turn-{n}.wav") if files is not None else None
                     if path is not None:
                         print(f"  [audio: {path}]", file=sys.stderr, flush=True)

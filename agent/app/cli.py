@@ -236,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8766, help="port (default: %(default)s)")
     p.set_defaults(handler=cmd_llm_server)
 
-    from agent import chat, demo, live
+    from agent.app import chat, demo, live
 
     chat.register(sub)
     live.register(sub)

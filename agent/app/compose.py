@@ -17,9 +17,42 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
+
+from agent.interfaces import STT
+
+if TYPE_CHECKING:
+    from plugins.elevenlabs.client import ElevenLabsTTS
+    from plugins.elevenlabs.server import LocalTTSServer
+    from plugins.local.llm_server import LocalLLMServer
+    from plugins.openai.llm import OpenAILLM
 
 Progress = Callable[[str], None]
+
+DEFAULT_INSTRUCTIONS = (
+    "You are a friendly voice assistant. Answer in one or two short, plain sentences."
+)
+LOCAL_MODEL = "smollm2-135m-instruct"
+REMOTE_MODEL = "gpt-4o-mini"
+# A conversational turn wants its first words fast: start generating at 50 buffered characters
+# (the protocol's minimum) instead of 120; the flush ends each turn anyway.
+AGENT_SCHEDULE = (50, 120, 160, 250)
+
+
+@dataclass
+class AgentSettings:
+    """What the conversational commands share: models, addresses, instructions."""
+
+    llm_url: str | None = None
+    tts_url: str | None = None
+    model: str | None = None
+    voice: str | None = None
+    tts_model: str = "eleven_flash_v2_5"
+    instructions: str = DEFAULT_INSTRUCTIONS
+    max_tokens: int = 80
+    temperature: float = 0.3
+    sentence_mode: bool = False
+    sample_rate: int = 16000
 
 
 def stderr_progress(prefix: str = "voxloop") -> Progress:
@@ -39,7 +72,25 @@ class Endpoint:
     url: str
     api_key: str | None = field(default=None, repr=False)
     local: bool = False
-    handle: Any = field(default=None, repr=False)
+
+    def describe(self) -> str:
+        """A one-line description for status output (never the key)."""
+        where = "embedded local server" if self.local else "remote service"
+        return f"{self.url} ({where}{', key set' if self.api_key else ''})"
+
+
+@dataclass
+class TTSEndpoint(Endpoint):
+    """The TTS socket; ``server`` is the local server when it runs in this process."""
+
+    server: LocalTTSServer | None = field(default=None, repr=False)
+
+
+@dataclass
+class LLMEndpoint(Endpoint):
+    """The OpenAI-compatible endpoint; ``server`` is the local llama.cpp server we started."""
+
+    server: LocalLLMServer | None = field(default=None, repr=False)
 
     def describe(self) -> str:
         """A one-line description for status output (never the key)."""
@@ -50,18 +101,18 @@ class Endpoint:
 @asynccontextmanager
 async def tts_endpoint(
     url: str | None = None, *, progress: Progress | None = None, strict_voices: bool = False
-) -> AsyncIterator[Endpoint]:
+) -> AsyncIterator[TTSEndpoint]:
     """The TTS socket to use: ``url`` / $ELEVENLABS_BASE_URL, the real service with
     $ELEVENLABS_API_KEY, else the local server started here. Leaving the block stops it."""
     key = os.environ.get("ELEVENLABS_API_KEY") or None
     url = url or os.environ.get("ELEVENLABS_BASE_URL") or None
     if url:
-        yield Endpoint(url, key)
+        yield TTSEndpoint(url, key)
         return
     if key:
         from plugins.elevenlabs.client import DEFAULT_BASE_URL
 
-        yield Endpoint(DEFAULT_BASE_URL, key)
+        yield TTSEndpoint(DEFAULT_BASE_URL, key)
         return
     from plugins.elevenlabs.server import running_server
 
@@ -70,32 +121,32 @@ async def tts_endpoint(
     async with running_server(progress=progress, strict_voices=strict_voices) as server:
         if progress:
             progress(f"local TTS server ready on {server.url}")
-        yield Endpoint(server.url, None, local=True, handle=server)
+        yield TTSEndpoint(server.url, None, local=True, server=server)
 
 
 @asynccontextmanager
 async def llm_endpoint(
     url: str | None = None, *, progress: Progress | None = None
-) -> AsyncIterator[Endpoint]:
+) -> AsyncIterator[LLMEndpoint]:
     """The OpenAI-compatible endpoint: ``url`` / $OPENAI_BASE_URL, the real service with
     $OPENAI_API_KEY, else the local llama.cpp server started here. Leaving the block stops it."""
     key = os.environ.get("OPENAI_API_KEY") or None
     url = url or os.environ.get("OPENAI_BASE_URL") or None
     if url:
-        yield Endpoint(url, key)
+        yield LLMEndpoint(url, key)
         return
     if key:
-        yield Endpoint("https://api.openai.com/v1", key)
+        yield LLMEndpoint("https://api.openai.com/v1", key)
         return
     from plugins.local.llm_server import LocalLLMServer
 
     if progress:
         progress("no OPENAI_API_KEY: starting the local LLM server (SmolLM2-135M, llama.cpp)")
     async with LocalLLMServer(progress=progress) as server:
-        yield Endpoint(server.base_url, None, local=True, handle=server)
+        yield LLMEndpoint(server.base_url, None, local=True, server=server)
 
 
-async def load_stt(url: str | None = None, *, progress: Progress | None = None) -> Any:
+async def load_stt(url: str | None = None, *, progress: Progress | None = None) -> STT:
     """The STT: an OpenAI-compatible transcription endpoint when ``url`` is given or
     $OPENAI_API_KEY is set, else the embedded faster-whisper tiny.en (loaded here, once)."""
     key = os.environ.get("OPENAI_API_KEY") or None
@@ -112,3 +163,34 @@ async def load_stt(url: str | None = None, *, progress: Progress | None = None) 
     stt = WhisperSTT(progress=progress)
     await anyio.to_thread.run_sync(stt.load)
     return stt
+
+
+def make_llm(settings: AgentSettings, ep: Endpoint) -> OpenAILLM:
+    """The OpenAI-compatible LLM for an endpoint (open it with ``async with``)."""
+    from plugins.openai.llm import OpenAILLM
+
+    model = settings.model or (LOCAL_MODEL if ep.local else REMOTE_MODEL)
+    return OpenAILLM(
+        model,
+        temperature=settings.temperature,
+        max_tokens=settings.max_tokens,
+        base_url=ep.url,
+        api_key=ep.api_key,
+    )
+
+
+def make_tts(
+    settings: AgentSettings, ep: Endpoint, sample_rate: int, *, output_format: str | None = None
+) -> ElevenLabsTTS:
+    """The ElevenLabs-protocol TTS connection for an endpoint, producing PCM at ``sample_rate``
+    (or ``output_format``, e.g. ulaw_8000 for phone lines). Open it with ``async with``."""
+    from plugins.elevenlabs.client import DEFAULT_VOICE_ID, ElevenLabsTTS, TTSConfig
+    from plugins.elevenlabs.protocol import GenerationConfig
+
+    config = TTSConfig(
+        voice_id=settings.voice or DEFAULT_VOICE_ID,
+        model_id=settings.tts_model,
+        output_format=output_format or f"pcm_{sample_rate}",
+        generation_config=GenerationConfig(chunk_length_schedule=AGENT_SCHEDULE),
+    )
+    return ElevenLabsTTS(config, api_key=ep.api_key, base_url=ep.url)

@@ -11,19 +11,32 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 
-from agent.app.chat import AgentSettings, make_llm, make_tts
-from agent.app.compose import Progress, llm_endpoint, load_stt, stderr_progress, tts_endpoint
+from agent.app.compose import (
+    AgentSettings,
+    Progress,
+    llm_endpoint,
+    load_stt,
+    make_llm,
+    make_tts,
+    stderr_progress,
+    tts_endpoint,
+)
 from agent.conversation import ConversationLog
-from agent.session import Session
+from agent.events import StateChanged
+from agent.interfaces import ChatMessage
 from agent.vad import VadConfig
-from agent.voice_agent import VoiceAgent, VoiceAgentConfig
+from agent.voice_agent import Agent, AgentOptions, Conversation
+
+if TYPE_CHECKING:
+    from plugins.virtual.transport import VirtualTransport
 
 RATE = 16000
 WAIT_LIMIT_S = 90.0  # the longest the scripted user waits for the agent before giving up
@@ -58,7 +71,7 @@ DEMO_PROMPT = (
 class DemoResult:
     log: ConversationLog
     files: dict[str, Path]
-    history: list[Any]
+    history: list[ChatMessage]
 
 
 class ScriptedUser:
@@ -66,8 +79,8 @@ class ScriptedUser:
 
     def __init__(
         self,
-        transport: Any,
-        agent: VoiceAgent,
+        transport: VirtualTransport,
+        agent: Conversation,
         lines: Sequence[UserLine],
         voices: Sequence[bytes],
         progress: Progress | None = None,
@@ -78,33 +91,33 @@ class ScriptedUser:
         self.voices = voices
         self.progress = progress
 
-    async def _until(self, condition: Any, what: str) -> None:
+    async def _until(self, condition: Callable[[], bool], what: str) -> None:
         with anyio.move_on_after(WAIT_LIMIT_S) as scope:
             while not condition():  # checked once per audio block of the transport's clock
                 await self.transport.wait_until(self.transport.clock_seconds + 0.02)
         if scope.cancelled_caught:
             raise TimeoutError(f"the demo's user waited {WAIT_LIMIT_S:.0f} s for {what}")
 
+    def _audible_for(self, seconds: float) -> bool:
+        return self.agent.speaking_for() >= seconds
+
+    def _answered(self, turns: int) -> bool:
+        return len(self.agent.log.turns) >= turns and self.agent.idle
+
     async def play(self) -> None:
         """Speak every line, then wait for the last answer. Cancelling stops the script."""
         for i, (line, pcm) in enumerate(zip(self.lines, self.voices, strict=True)):
             if line.when == "interrupt":
-                await self._until(
-                    lambda after=line.after_s: self.agent.speaking_for() >= after,
-                    "the agent to speak",
-                )
+                await self._until(partial(self._audible_for, line.after_s), "the agent to speak")
             else:
-                await self._until(
-                    lambda n=i: len(self.agent.log.turns) >= n and self.agent.idle,
-                    "the agent to finish",
-                )
+                await self._until(partial(self._answered, i), "the agent to finish")
                 await anyio.sleep(line.after_s)
             if self.progress:
                 self.progress(f"user says: {line.text!r}")
             self.transport.inject(pcm)
             await self.transport.wait_until(self.transport.clock_seconds + len(pcm) / 2 / RATE)
         await self._until(
-            lambda: len(self.agent.log.turns) >= len(self.lines) and self.agent.idle,
+            partial(self._answered, len(self.lines)),
             "the last answer",
         )
         await anyio.sleep(0.5)
@@ -126,7 +139,7 @@ async def run_demo(
     from plugins.local.piper_tts import PiperEngine
     from plugins.virtual.transport import VirtualTransport
 
-    settings = settings or AgentSettings(system_prompt=DEMO_PROMPT, max_tokens=90)
+    settings = settings or AgentSettings(instructions=DEMO_PROMPT, max_tokens=90)
     say = progress or (lambda _m: None)
     say("preparing the scripted user's voice")
     engine = await anyio.to_thread.run_sync(lambda: PiperEngine.load(progress=progress))
@@ -144,54 +157,53 @@ async def run_demo(
         say(f"LLM: {llm_ep.describe()}")
         say(f"TTS: {tts_ep.describe()}")
         async with make_llm(settings, llm_ep) as llm, make_tts(settings, tts_ep, RATE) as tts:
-            session = Session(llm, tts, transport.output, sentence_mode=settings.sentence_mode)
-            turn_metrics: list[Any] = []
-            session.hooks.on_turn_end = lambda result: turn_metrics.append(result.metrics)
-
-            def status(state: str, detail: str) -> None:
-                say(f"agent: {state}{' (' + detail + ')' if detail else ''}")
-
-            agent = VoiceAgent(
-                session,
-                stt,
-                transport,
-                on_status=status,
-                config=VoiceAgentConfig(vad=VadConfig(min_silence_ms=500)),
+            agent = Agent(
+                stt=stt,
+                llm=llm,
+                tts=tts,
+                instructions=settings.instructions,
+                options=AgentOptions(
+                    vad=VadConfig(min_silence_ms=500), sentence_mode=settings.sentence_mode
+                ),
             )
-            user = ScriptedUser(transport, agent, lines, voices, progress)
-            done = anyio.Event()
             say("conversation starts (real time)")
-            async with transport.running(), anyio.create_task_group() as tg:
+            async with transport.running(), agent.conversation(transport) as conversation:
+                user = ScriptedUser(transport, conversation, lines, voices, progress)
+                async with anyio.create_task_group() as tg:
 
-                async def script() -> None:
-                    try:
-                        await user.play()
-                    finally:
-                        done.set()
+                    async def script() -> None:
+                        try:
+                            await user.play()
+                        finally:
+                            conversation.hang_up()
 
-                tg.start_soon(script)
-                log = await agent.run(until=done)
-        if tts_ep.local:
-            add_tts_timings(log, turn_metrics, tts_ep.handle.stats.contexts)
+                    tg.start_soon(script)
+                    async for event in conversation:
+                        if isinstance(event, StateChanged):
+                            say(f"agent: {event.state}")
+            log = conversation.log
+        if tts_ep.server is not None:
+            add_tts_timings(log, tts_ep.server.stats.contexts)
     log.notes["script"] = [line.text for line in lines]
     files = await anyio.to_thread.run_sync(
         write_all, out_dir, log, transport.recorded_input(), transport.recorded_output()
     )
     print(turn_table(log))
-    return DemoResult(log, files, list(session.history))
+    return DemoResult(log, files, conversation.history)
 
 
-def add_tts_timings(log: ConversationLog, metrics: Sequence[Any], contexts: Sequence[Any]) -> None:
-    """With the local TTS server in this process (one clock): split each answered turn's wait
-    for audio into the LLM writing enough text (first token -> synthesis starts) and the
-    engine's own first chunk. Turns that reached the LLM map in order onto TTS contexts."""
-    answered = [t for t in log.turns if "ttft" in t.durations_ms]
-    for record, m, ctx in zip(answered, metrics, contexts, strict=False):
-        if m.first_token is None or ctx.first_synthesize_at is None:
+def add_tts_timings(log: ConversationLog, contexts: Sequence[Any]) -> None:
+    """With the local TTS server in this process: split each answered turn's wait for audio
+    into the LLM writing enough text (first token -> synthesis starts) and the engine's own
+    first chunk. Turns that reached the LLM map in order onto TTS contexts."""
+    answered = [t for t in log.turns if t.at("first_text_sent") is not None]
+    for record, ctx in zip(answered, contexts, strict=False):
+        first_token = record.at("first_token")
+        if first_token is None or ctx.first_synthesize_at is None or ctx.first_text_at is None:
             continue
-        record.durations_ms["llm_until_tts"] = round(
-            (ctx.first_synthesize_at - m.first_token) * 1000, 2
-        )
+        waited = ctx.first_synthesize_at - ctx.first_text_at
+        sent = (record.at("first_text_sent") or first_token) - first_token
+        record.durations_ms["llm_until_tts"] = round((sent + waited) * 1000, 2)
         if ctx.engine_first_chunk_s is not None:
             record.durations_ms["tts_engine"] = round(ctx.engine_first_chunk_s * 1000, 2)
 
@@ -201,7 +213,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     progress = stderr_progress("demo")
     out_dir = Path(args.out)
     settings = AgentSettings(
-        llm_url=args.llm_url, tts_url=args.tts_url, system_prompt=DEMO_PROMPT, max_tokens=90
+        llm_url=args.llm_url, tts_url=args.tts_url, instructions=DEMO_PROMPT, max_tokens=90
     )
     result = anyio.run(
         lambda: run_demo(out_dir, settings=settings, progress=progress, echo_gain=args.echo)

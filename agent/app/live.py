@@ -13,34 +13,50 @@ from typing import Any
 
 import anyio
 
-from agent.bargein import BargeInConfig
-from agent.app.chat import AgentSettings, add_agent_options, make_llm, make_tts, settings_from
-from agent.app.compose import llm_endpoint, load_stt, stderr_progress, tts_endpoint
+from agent.app.chat import add_agent_options, settings_from
+from agent.app.compose import (
+    AgentSettings,
+    llm_endpoint,
+    load_stt,
+    make_llm,
+    make_tts,
+    stderr_progress,
+    tts_endpoint,
+)
 from agent.conversation import TurnRecord
-from agent.session import Session
+from agent.echo import EchoConfig
+from agent.events import StateChanged, TurnFinished
+from agent.timeline import format_ms
+from agent.turntaking import BargeInRules
 from agent.vad import VadConfig
-from agent.voice_agent import VoiceAgent, VoiceAgentConfig
+from agent.voice_agent import Agent, AgentOptions
 
 RATE = 16000
 
 
-def _ms(value: float | None) -> str:
-    return "—" if value is None else f"{value:.0f} ms"
-
-
 def turn_line(record: TurnRecord) -> str:
     """The per-turn latency line shown live."""
-    d = record.durations_ms
     parts = [
         f"turn {record.index}",
-        f"voice-to-voice {_ms(record.voice_to_voice_ms)}",
-        f"stt {_ms(d.get('stt_compute'))}",
-        f"llm first token {_ms(d.get('ttft'))}",
-        f"tts first byte {_ms(d.get('ttfb'))}",
+        f"voice-to-voice {format_ms(record.latency_ms('voice_to_voice'))}",
+        f"stt {format_ms(record.latency_ms('stt'))}",
+        f"llm first token {format_ms(record.latency_ms('ttft'))}",
+        f"tts first byte {format_ms(record.latency_ms('ttfb'))}",
     ]
-    if record.interrupted and record.barge_in_reaction_ms is not None:
-        parts.append(f"barge-in stop {_ms(record.barge_in_reaction_ms)}")
+    reaction = record.latency_ms("barge_in_reaction")
+    if record.interrupted and reaction is not None:
+        parts.append(f"barge-in stop {format_ms(reaction)}")
     return " · ".join(parts)
+
+
+def options_from(args: argparse.Namespace) -> AgentOptions:
+    """The listening and barge-in options of `run` (and the commands that share them)."""
+    return AgentOptions(
+        vad=VadConfig(min_silence_ms=args.end_of_turn_ms, aggressiveness=args.vad_aggressiveness),
+        barge_in=BargeInRules(enabled=not args.no_barge_in),
+        echo=EchoConfig(enabled=not args.no_echo_guard),
+        sentence_mode=args.sentence_mode,
+    )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -49,9 +65,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     settings: AgentSettings = settings_from(args)
     progress = stderr_progress("run")
-
-    def status(state: str, detail: str) -> None:
-        print(f"\r[{state}{': ' + detail if detail else ''}]".ljust(60), end="", flush=True)
 
     def on_turn(record: TurnRecord) -> None:
         print()
@@ -74,20 +87,20 @@ def cmd_run(args: argparse.Namespace) -> int:
                 make_llm(settings, llm_ep) as llm,
                 make_tts(settings, tts_ep, RATE) as tts,
             ):
-                session = Session(llm, tts, transport.output, sentence_mode=settings.sentence_mode)
-                config = VoiceAgentConfig(
-                    vad=VadConfig(
-                        min_silence_ms=args.end_of_turn_ms, aggressiveness=args.vad_aggressiveness
-                    ),
-                    bargein=BargeInConfig(
-                        echo_guard=not args.no_echo_guard, enabled=not args.no_barge_in
-                    ),
-                )
-                agent = VoiceAgent(
-                    session, stt, transport, config=config, on_status=status, on_turn=on_turn
+                agent = Agent(
+                    stt=stt,
+                    llm=llm,
+                    tts=tts,
+                    instructions=settings.instructions,
+                    options=options_from(args),
                 )
                 print("Speak now (Ctrl-C to stop).", flush=True)
-                await agent.run()
+                async with agent.conversation(transport) as conversation:
+                    async for event in conversation:
+                        if isinstance(event, StateChanged):
+                            print(f"\r[{event.state}]".ljust(60), end="", flush=True)
+                        elif isinstance(event, TurnFinished):
+                            on_turn(event.record)
 
     try:
         anyio.run(main)
@@ -96,31 +109,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_devices(args: argparse.Namespace) -> int:
-    """List audio devices."""
-    from plugins.sounddevice import list_devices
-
-    print(list_devices())
-    return 0
-
-
-def register(sub: Any) -> None:
-    """Add `run` and `devices` to the CLI's subcommands."""
-    p = sub.add_parser(
-        "run",
-        help="talk with the agent on your microphone and speaker",
-        description="A spoken conversation: the agent listens (webrtcvad), transcribes the end "
-        "of each turn, answers as the LLM streams, and stops the moment you speak over it. "
-        "Headphones work best; the echo guard handles laptop speakers.",
-    )
-    add_agent_options(p)
+def add_listening_options(p: argparse.ArgumentParser) -> None:
+    """End of turn, VAD and barge-in options (run, phone, web)."""
     p.add_argument(
         "--stt-url",
         help="OpenAI-compatible transcription server (default: the "
         "OpenAI service with OPENAI_API_KEY, else the local whisper tiny.en)",
     )
-    p.add_argument("--input", help="microphone: index or part of its name (see voxloop devices)")
-    p.add_argument("--output", help="speaker: index or part of its name")
     p.add_argument(
         "--end-of-turn-ms",
         type=int,
@@ -141,6 +136,29 @@ def register(sub: Any) -> None:
         help="with headphones: let even quiet interruptions through",
     )
     p.add_argument("--no-barge-in", action="store_true", help="never interrupt the agent")
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    """List audio devices."""
+    from plugins.sounddevice import list_devices
+
+    print(list_devices())
+    return 0
+
+
+def register(sub: Any) -> None:
+    """Add `run` and `devices` to the CLI's subcommands."""
+    p = sub.add_parser(
+        "run",
+        help="talk with the agent on your microphone and speaker",
+        description="A spoken conversation: the agent listens (webrtcvad), transcribes the end "
+        "of each turn, answers as the LLM streams, and stops the moment you speak over it. "
+        "Headphones work best; the echo guard handles laptop speakers.",
+    )
+    add_agent_options(p)
+    add_listening_options(p)
+    p.add_argument("--input", help="microphone: index or part of its name (see voxloop devices)")
+    p.add_argument("--output", help="speaker: index or part of its name")
     p.set_defaults(handler=cmd_run)
 
     p = sub.add_parser("devices", help="list microphones and speakers")

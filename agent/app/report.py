@@ -3,14 +3,8 @@
 Every time in the log is in stream seconds (the transport's sample clock), so the four outputs
 line up: a moment in the transcript is the same moment in `conversation.wav` and on the picture.
 
-Per-turn steps, all computed from `TurnRecord` times:
-
-- stt: user stopped speaking -> transcript ready
-- ttft: transcript ready -> first LLM token
-- ttfb: first LLM token -> first agent audio byte (chunker + TTS time to first byte)
-- playout: first audio byte -> first audio played
-- voice-to-voice: user stopped speaking -> first audio played (the sum of the above)
-- barge-in reaction: the user's voice began over the agent -> agent output silent
+Every latency is one of `agent.timeline.LATENCIES`, read from the turn's timeline; the table's
+columns are the turn's marks, in milliseconds after the user stopped speaking.
 """
 
 from __future__ import annotations
@@ -21,49 +15,33 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from agent.audio import pcm_to_array, write_wav
+from agent.audio import write_stereo_wav
 from agent.conversation import ConversationLog, Segment, TurnRecord
+from agent.timeline import LATENCIES
 
 __all__ = [
-    "STEPS",
     "format_clock",
     "not_heard_text",
     "render_timeline",
-    "step_durations_ms",
     "summary",
     "turn_table",
     "write_all",
     "write_metrics",
-    "write_stereo_wav",
     "write_transcript",
 ]
 
 MISSING = "—"
 
-STEPS: dict[str, tuple[str, str]] = {
-    "stt_ms": ("user_speech_end", "transcript_ready"),
-    "ttft_ms": ("transcript_ready", "first_token"),
-    "ttfb_ms": ("first_token", "first_audio_byte"),
-    "playout_ms": ("first_audio_byte", "first_audio_played"),
-}
-"""Step name -> (start field, end field) of `TurnRecord`."""
+#: The table's columns: marks, measured from the user's last voiced frame.
+TABLE_MARKS: tuple[tuple[str, str], ...] = (
+    ("transcript", "→transcript (STT)"),
+    ("first_token", "→first token"),
+    ("first_audio_byte", "→first audio byte"),
+)
 
 
 # --------------------------------------------------------------------------------------------
 # Numbers
-
-
-def step_durations_ms(turn: TurnRecord) -> dict[str, float | None]:
-    """The turn's step durations in milliseconds (None when either end did not happen)."""
-    steps: dict[str, float | None] = {
-        name: turn.latency(getattr(turn, start), getattr(turn, end))
-        for name, (start, end) in STEPS.items()
-    }
-    steps["voice_to_voice_ms"] = turn.voice_to_voice_ms
-    steps["barge_in_reaction_ms"] = turn.barge_in_reaction_ms
-    return steps
 
 
 def _median(values: list[float | None]) -> float | None:
@@ -72,22 +50,18 @@ def _median(values: list[float | None]) -> float | None:
 
 
 def summary(log: ConversationLog) -> dict[str, Any]:
-    """Medians over the turns where each step happened, plus counts."""
-    per_turn = [step_durations_ms(turn) for turn in log.turns]
-    keys = [*STEPS, "voice_to_voice_ms", "barge_in_reaction_ms"]
-    medians = {f"median_{key}": _median([steps[key] for steps in per_turn]) for key in keys}
+    """Medians of every latency over the turns where it happened, plus counts."""
+    medians = {
+        f"median_{name}_ms": _median([turn.latency_ms(name) for turn in log.turns])
+        for name in LATENCIES
+    }
     return {
         **medians,
         "turns": len(log.turns),
         "interrupted_turns": sum(1 for turn in log.turns if turn.interrupted),
         "errors": sum(1 for turn in log.turns if turn.error),
         "definitions": {
-            "stt_ms": "user stopped speaking -> transcript ready",
-            "ttft_ms": "transcript ready -> first LLM token",
-            "ttfb_ms": "first LLM token -> first agent audio byte",
-            "playout_ms": "first audio byte -> first audio played",
-            "voice_to_voice_ms": "user stopped speaking -> first agent audio played",
-            "barge_in_reaction_ms": "user's voice began over the agent -> agent output silent",
+            name: f"{spec.start} -> {spec.end}: {spec.meaning}" for name, spec in LATENCIES.items()
         },
     }
 
@@ -109,23 +83,6 @@ def _ms(value: float | None) -> str:
 # Files
 
 
-def write_stereo_wav(path: str | Path, user_pcm: bytes, agent_pcm: bytes, sample_rate: int) -> Path:
-    """Write user (left) and agent (right) PCM16 mono, same clock, as one stereo WAV.
-
-    The shorter side is padded with silence at the end.
-    """
-    user = pcm_to_array(user_pcm)
-    agent = pcm_to_array(agent_pcm)
-    frames = max(user.size, agent.size)
-    stereo = np.zeros((frames, 2), dtype="<i2")
-    stereo[: user.size, 0] = user
-    stereo[: agent.size, 1] = agent
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_wav(out, stereo.tobytes(), sample_rate, channels=2)
-    return out
-
-
 def not_heard_text(turn: TurnRecord) -> str:
     """The part of the agent's answer the user did not hear (empty when all was heard)."""
     full, heard = turn.agent_text.strip(), turn.heard_text.strip()
@@ -138,13 +95,17 @@ def not_heard_text(turn: TurnRecord) -> str:
 
 
 def _agent_end(turn: TurnRecord) -> float | None:
-    if turn.interrupted and turn.output_silent is not None:
-        return turn.output_silent
-    return turn.agent_audio_end
+    if turn.interrupted and turn.at("output_silent") is not None:
+        return turn.at("output_silent")
+    return turn.at("audio_end")
 
 
 def _cut_time(turn: TurnRecord) -> float | None:
-    for moment in (turn.output_silent, turn.barge_in_decided, turn.barge_in_onset):
+    for moment in (
+        turn.at("output_silent"),
+        turn.at("barge_in_decided"),
+        turn.at("barge_in_onset"),
+    ):
         if moment is not None:
             return moment
     return None
@@ -152,9 +113,11 @@ def _cut_time(turn: TurnRecord) -> float | None:
 
 def _transcript_lines(turn: TurnRecord) -> list[str]:
     lines = [f"### Turn {turn.index}", ""]
-    user_span = f"[{format_clock(turn.user_speech_start)}–{format_clock(turn.user_speech_end)}]"
+    user_span = (
+        f"[{format_clock(turn.at('user_speech_start'))}–{format_clock(turn.at('user_speech_end'))}]"
+    )
     lines.append(f"- {user_span} **user:** {turn.transcript or '(nothing transcribed)'}")
-    agent_span = f"[{format_clock(turn.first_audio_played)}–{format_clock(_agent_end(turn))}]"
+    agent_span = f"[{format_clock(turn.at('first_audio_played'))}–{format_clock(_agent_end(turn))}]"
     if turn.interrupted:
         lines.append(
             f"- {agent_span} **agent (interrupted at {format_clock(_cut_time(turn))}; heard):** "
@@ -163,23 +126,23 @@ def _transcript_lines(turn: TurnRecord) -> list[str]:
         rest = not_heard_text(turn)
         if rest:
             lines.append(f"  - *(not heard: {rest})*")
-        reaction = turn.barge_in_reaction_ms
+        reaction = turn.latency_ms("barge_in_reaction")
         if reaction is not None:
             lines.append(
-                f"  - barge-in: user's voice at {format_clock(turn.barge_in_onset)}, "
+                f"  - barge-in: user's voice at {format_clock(turn.at('barge_in_onset'))}, "
                 f"agent silent {reaction:.0f} ms later"
             )
-    elif turn.first_audio_played is not None or turn.heard_text:
+    elif turn.at("first_audio_played") is not None or turn.heard_text:
         lines.append(f"- {agent_span} **agent:** {turn.heard_text.strip() or turn.agent_text}")
     else:
         lines.append("- **agent:** (no answer played)")
     if turn.error:
         lines.append(f"  - **error:** {turn.error}")
-    steps = step_durations_ms(turn)
+    lat = turn.latency_ms
     lines.append(
-        f"  - latency: voice-to-voice {_ms(steps['voice_to_voice_ms'])} ms "
-        f"(stt {_ms(steps['stt_ms'])}, ttft {_ms(steps['ttft_ms'])}, "
-        f"ttfb {_ms(steps['ttfb_ms'])}, playout {_ms(steps['playout_ms'])})"
+        f"  - latency: voice-to-voice {_ms(lat('voice_to_voice'))} ms "
+        f"(end of turn {_ms(lat('end_of_turn_wait'))}, stt {_ms(lat('stt'))}, "
+        f"ttft {_ms(lat('ttft'))}, ttfb {_ms(lat('ttfb'))}, playout {_ms(lat('playout'))})"
     )
     lines.append("")
     return lines
@@ -201,10 +164,8 @@ def write_transcript(path: str | Path, log: ConversationLog) -> Path:
 
 
 def write_metrics(path: str | Path, log: ConversationLog) -> Path:
-    """Write ``log.to_dict()`` plus per-turn steps and a ``summary`` of medians as JSON."""
+    """Write ``log.to_dict()`` (each turn's marks and latencies) and a ``summary`` of medians."""
     data = log.to_dict()
-    for item, turn in zip(data["turns"], log.turns, strict=True):
-        item["steps_ms"] = step_durations_ms(turn)
     data["summary"] = summary(log)
     out = Path(path)
     out.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
@@ -220,25 +181,24 @@ def _truncate(text: str, width: int) -> str:
     return text if len(text) <= width else text[: max(0, width - 1)] + "…"
 
 
-def _cumulative(turn: TurnRecord, field: str) -> str:
-    """Milliseconds after the user stopped, with the step since the previous stage."""
-    total = turn.latency(turn.user_speech_end, getattr(turn, field))
-    step_name = next(name for name, (_, end) in STEPS.items() if end == field)
-    step = step_durations_ms(turn)[step_name]
-    if total is None:
-        return _ms(step)
-    if field == "transcript_ready" or step is None:
-        return _ms(total)
-    return f"{total:.0f} (+{step:.0f})"
+def _cumulative(turn: TurnRecord, mark: str, previous: str | None) -> str:
+    """Milliseconds from the user's last voiced frame to ``mark``, with the step since the
+    ``previous`` column's mark."""
+    origin, at = turn.at("user_speech_end"), turn.at(mark)
+    if origin is None or at is None:
+        return MISSING
+    total = (at - origin) * 1000
+    before = turn.at(previous) if previous else None
+    if before is None:
+        return f"{total:.0f}"
+    return f"{total:.0f} (+{(at - before) * 1000:.0f})"
 
 
 def turn_table(log: ConversationLog, *, heard_width: int = 40) -> str:
     """The per-turn latency table (ms after the user stopped speaking; step in parentheses)."""
     headers = [
         "turn",
-        "→transcript (STT)",
-        "→first token",
-        "→first audio byte",
+        *(title for _, title in TABLE_MARKS),
         "→first audio played = voice-to-voice",
         "barge-in reaction",
         "heard",
@@ -253,11 +213,12 @@ def turn_table(log: ConversationLog, *, heard_width: int = 40) -> str:
         rows.append(
             [
                 str(turn.index),
-                _cumulative(turn, "transcript_ready"),
-                _cumulative(turn, "first_token"),
-                _cumulative(turn, "first_audio_byte"),
-                _ms(turn.voice_to_voice_ms),
-                _ms(turn.barge_in_reaction_ms),
+                *(
+                    _cumulative(turn, mark, TABLE_MARKS[i - 1][0] if i else None)
+                    for i, (mark, _) in enumerate(TABLE_MARKS)
+                ),
+                _ms(turn.latency_ms("voice_to_voice")),
+                _ms(turn.latency_ms("barge_in_reaction")),
                 _truncate(heard, heard_width),
             ]
         )
@@ -275,6 +236,7 @@ def turn_table(log: ConversationLog, *, heard_width: int = 40) -> str:
     footer = (
         "medians: "
         f"voice-to-voice {_ms(stats['median_voice_to_voice_ms'])} ms · "
+        f"end of turn {_ms(stats['median_end_of_turn_wait_ms'])} · "
         f"stt {_ms(stats['median_stt_ms'])} · ttft {_ms(stats['median_ttft_ms'])} · "
         f"ttfb {_ms(stats['median_ttfb_ms'])} · "
         f"playout {_ms(stats['median_playout_ms'])} · "
@@ -308,16 +270,15 @@ def _segments_from_turns(log: ConversationLog) -> list[Segment]:
     """Speech segments derived from the turns, for logs recorded without segments."""
     segments: list[Segment] = []
     for turn in log.turns:
-        if turn.user_speech_start is not None and turn.user_speech_end is not None:
-            segments.append(
-                Segment("user", turn.user_speech_start, turn.user_speech_end, turn.transcript)
-            )
-        end = _agent_end(turn)
-        if turn.first_audio_played is not None and end is not None:
+        start, stop = turn.at("user_speech_start"), turn.at("user_speech_end")
+        if start is not None and stop is not None:
+            segments.append(Segment("user", start, stop, turn.transcript))
+        first, end = turn.at("first_audio_played"), _agent_end(turn)
+        if first is not None and end is not None:
             segments.append(
                 Segment(
                     "agent",
-                    turn.first_audio_played,
+                    first,
                     end,
                     turn.heard_text or turn.agent_text,
                     interrupted=turn.interrupted,
@@ -331,7 +292,11 @@ def _time_span(log: ConversationLog, segments: list[Segment]) -> tuple[float, fl
     for turn in log.turns:
         moments.extend(
             t
-            for t in (turn.user_speech_end, turn.first_audio_played, turn.output_silent)
+            for t in (
+                turn.at("user_speech_end"),
+                turn.at("first_audio_played"),
+                turn.at("output_silent"),
+            )
             if t is not None
         )
     if not moments:
@@ -362,7 +327,7 @@ def render_timeline(path: str | Path, log: ConversationLog, *, title: str = "vox
         for seg in segments:
             _draw_segment(ax, seg, px_per_second)
         label_right = float("-inf")  # right edge (px) of the last voice-to-voice label
-        for turn in sorted(log.turns, key=lambda t: t.user_speech_end or 0.0):
+        for turn in sorted(log.turns, key=lambda t: t.at("user_speech_end") or 0.0):
             label_right = _draw_turn_latency(ax, turn, px_per_second, x0, label_right)
             _draw_barge_in(ax, turn)
 
@@ -521,8 +486,8 @@ def _draw_turn_latency(
 
     A label that would overlap the previous turn's is lifted a step so both stay readable.
     """
-    start, end = turn.user_speech_end, turn.first_audio_played
-    v2v = turn.voice_to_voice_ms
+    start, end = turn.at("user_speech_end"), turn.at("first_audio_played")
+    v2v = turn.latency_ms("voice_to_voice")
     if start is None or end is None or v2v is None:
         return label_right
     text = f"voice-to-voice {v2v:.0f} ms"
@@ -556,9 +521,9 @@ def _draw_turn_latency(
         },
     )
     stages: list[tuple[float | None, str]] = [
-        (turn.transcript_ready, "transcript"),
-        (turn.first_token, "first token"),
-        (turn.first_audio_byte, "first audio byte"),
+        (turn.at("transcript"), "transcript"),
+        (turn.at("first_token"), "first token"),
+        (turn.at("first_audio_byte"), "first audio byte"),
     ]
     marks = [t for t, _ in stages if t is not None]
     if marks:
@@ -574,8 +539,8 @@ def _draw_turn_latency(
 
 
 def _draw_barge_in(ax: Any, turn: TurnRecord) -> None:
-    onset, silent = turn.barge_in_onset, turn.output_silent
-    reaction = turn.barge_in_reaction_ms
+    onset, silent = turn.at("barge_in_onset"), turn.at("output_silent")
+    reaction = turn.latency_ms("barge_in_reaction")
     if onset is None:
         return
     top = _USER_Y + _LANE_HEIGHT / 2

@@ -73,6 +73,15 @@ class WhisperSTT:
         """Load the model if no WhisperSTT has loaded it yet (blocking, under a second)."""
         self._model()
 
+    async def __aenter__(self) -> WhisperSTT:
+        """Load the model in a worker thread, so the first turn does not wait for it.
+        Cancelling abandons the wait (the load finishes in its thread)."""
+        await anyio.to_thread.run_sync(self.load)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        """Nothing to close: loaded models stay cached for the process."""
+
     def _model(self) -> Any:
         key = (str(self.model_dir.resolve()), self.compute_type, self.cpu_threads)
         with self._models_lock:

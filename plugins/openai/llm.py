@@ -16,7 +16,6 @@ import openai
 from openai import AsyncOpenAI, AsyncStream
 from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
 
-from agent.interfaces import ChatMessage
 from agent.errors import (
     LLMAuthError,
     LLMConfigError,
@@ -27,6 +26,7 @@ from agent.errors import (
     LLMStreamError,
     LLMTimeoutError,
 )
+from agent.interfaces import ChatMessage, LLMChunk, TextDelta, ToolSchema
 from plugins.openai.endpoint import describe_failure, resolve_endpoint
 
 __all__ = ["OpenAILLM"]
@@ -145,7 +145,9 @@ class OpenAILLM:
                 wire.append({"role": "assistant", "content": message.content})
         return wire
 
-    async def stream(self, messages: Sequence[ChatMessage]) -> AsyncGenerator[str, None]:
+    async def stream(
+        self, messages: Sequence[ChatMessage], *, tools: Sequence[ToolSchema] = ()
+    ) -> AsyncGenerator[LLMChunk, None]:
         """Yield the reply's text deltas as they arrive (never empty strings).
 
         Raises `LLMError` subclasses: `LLMAuthError` at once on 401/403; `LLMTimeoutError`,
@@ -164,7 +166,7 @@ class OpenAILLM:
         try:
             if first is None:
                 return
-            yield first
+            yield TextDelta(first)
             delivered = 1
             while True:
                 try:
@@ -193,7 +195,7 @@ class OpenAILLM:
                 except _MalformedChunk as exc:
                     raise self._malformed(exc, delivered) from None
                 if text:
-                    yield text
+                    yield TextDelta(text)
                     delivered += 1
         finally:
             await _close_stream(chunks)

@@ -191,6 +191,26 @@ class SoundDeviceOutput:
         """Drop queued audio at once; return the samples dropped."""
         return self._playout.clear()
 
+    def pause(self) -> float:
+        """Hold playout (the callback plays silence); return when the silence begins."""
+        return self._playout.pause()
+
+    def resume(self) -> None:
+        """Play on from where playout was held."""
+        self._playout.resume()
+
+    @property
+    def first_played_at(self) -> float | None:
+        return self._playout.first_played_at
+
+    @property
+    def last_played_end(self) -> float | None:
+        return self._playout.last_played_end
+
+    @property
+    def level(self) -> float:
+        return self._playout.level
+
     @property
     def samples_played(self) -> int:
         """Samples handed to the device since `mark()`."""
@@ -261,6 +281,8 @@ class SoundDeviceTransport:
         self._wake_r: socket.socket | None = None
         self._wake_w: socket.socket | None = None
         self._sd: Any = None
+        self._mic_samples = 0  # microphone samples delivered: the conversation's clock
+        self._mic_seen_at = monotonic()
         self.mic_overruns = 0
         self.input_overflows = 0
         self.output_underflows = 0
@@ -276,6 +298,12 @@ class SoundDeviceTransport:
     def playout(self) -> PlayoutBuffer:
         """The speaker's buffer (for `gain` ducking and `pending_samples`)."""
         return self._playout
+
+    def now(self) -> float:
+        """Stream time: microphone seconds delivered, plus the time since the last frame
+        (at most one block), so marks between frames keep their order."""
+        since = min(monotonic() - self._mic_seen_at, self.block_ms / 1000)
+        return self._mic_samples / self.sample_rate + max(0.0, since)
 
     @property
     def error(self) -> AudioDeviceError | None:
@@ -358,6 +386,8 @@ class SoundDeviceTransport:
                         )
                     )
                 continue
+            self._mic_samples += len(pcm) // 2
+            self._mic_seen_at = monotonic()
             yield AudioFrame(pcm, self.sample_rate)
 
     def _device(self, kind: Kind) -> str:

@@ -27,9 +27,10 @@ Pacing:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Literal, Protocol
 
 import anyio
 import numpy as np
@@ -43,11 +44,28 @@ from agent.audio import (
     pcm_to_array,
     read_wav,
     resample,
+    ulaw_decode,
+    ulaw_encode,
+    write_stereo_wav,
     write_wav,
 )
 from agent.interfaces import AudioOutput
 
 MicSource = AudioFrame | bytes | str | Path
+
+
+class SpeechChunkLike(Protocol):
+    @property
+    def pcm(self) -> bytes: ...
+
+    @property
+    def sample_rate(self) -> int: ...
+
+
+class SpeechSource(Protocol):
+    """A blocking speech engine (e.g. `plugins.local.PiperEngine`)."""
+
+    def synthesize(self, text: str) -> Iterable[SpeechChunkLike]: ...
 
 
 class VirtualTransport:
@@ -65,7 +83,8 @@ class VirtualTransport:
     `mic` (and injected audio) given as `AudioFrame` or WAV path is resampled to `sample_rate`;
     raw bytes must already be PCM16 mono at `sample_rate`. After the scripted audio the mic
     delivers silence. With `duration_s`, the clock stops after that much mic audio and
-    `mic_frames()` ends; otherwise it runs until `running()` exits.
+    `mic_frames()` ends; otherwise it runs until `running()` exits. ``line="ulaw"`` passes the
+    user's voice through G.711 μ-law, as a phone network does.
     """
 
     def __init__(
@@ -80,6 +99,7 @@ class VirtualTransport:
         mic_queue_blocks: int = 50,
         echo_gain: float = 0.0,
         echo_delay_ms: int = 40,
+        line: Literal["clean", "ulaw"] = "clean",
     ) -> None:
         if block_ms <= 0 or sample_rate * block_ms % 1000:
             raise ValueError(
@@ -89,6 +109,7 @@ class VirtualTransport:
         if duration_s is not None and duration_s <= 0:
             raise ValueError(f"duration_s must be > 0 seconds or None, got {duration_s!r}")
         self.sample_rate = sample_rate
+        self.line = line
         self.block_ms = block_ms
         self.block_samples = sample_rate * block_ms // 1000
         self.realtime = realtime
@@ -98,6 +119,7 @@ class VirtualTransport:
         self._script: list[tuple[int, Int16Array]] = []
         self._script_end = 0
         self._mic_delivered = 0  # samples of mic audio delivered (= the shared clock)
+        self._tick_at = 0.0  # anyio time of the last tick (real time only)
         self._record_in = bytearray()
         self._record_out = bytearray()
         # Speaker-to-mic bleed, as on a laptop without an echo canceller (0 = headphones).
@@ -124,8 +146,23 @@ class VirtualTransport:
         if isinstance(audio, str | Path):
             audio = read_wav(audio)
         if isinstance(audio, AudioFrame):
-            return resample(audio.pcm, audio.sample_rate, self.sample_rate)
-        return bytes(audio)
+            pcm = resample(audio.pcm, audio.sample_rate, self.sample_rate)
+        else:
+            pcm = bytes(audio)
+        if self.line == "ulaw":  # what a phone network does to the caller's voice
+            pcm = ulaw_decode(ulaw_encode(pcm))
+        return pcm
+
+    def speak(self, engine: SpeechSource, text: str, at_seconds: float | None = None) -> int:
+        """Have the scripted user say ``text`` with ``engine`` (anything whose
+        ``synthesize(text)`` yields chunks with ``.pcm`` and ``.sample_rate``, such as
+        `plugins.local.PiperEngine`), starting at ``at_seconds`` as `inject` does. Blocking:
+        synthesis runs here. Returns the start sample."""
+        chunks = list(engine.synthesize(text))
+        if not chunks:
+            raise ValueError(f"the engine produced no audio for {text!r}")
+        pcm = b"".join(chunk.pcm for chunk in chunks)
+        return self.inject(AudioFrame(pcm, chunks[0].sample_rate), at_seconds)
 
     def inject(self, audio: MicSource, at_seconds: float | None = None) -> int:
         """Mix `audio` into the microphone starting at `at_seconds` (None: the next block not
@@ -214,6 +251,15 @@ class VirtualTransport:
         """`clock_samples` in seconds."""
         return self._mic_delivered / self.sample_rate
 
+    def now(self) -> float:
+        """The conversation's clock: `clock_seconds`, and in real time also the time since the
+        last tick (at most one block), so marks between ticks keep their order. In lockstep the
+        clock stands still between ticks (virtual time)."""
+        if not self.realtime:
+            return self.clock_seconds
+        since = min(anyio.current_time() - self._tick_at, self.block_samples / self.sample_rate)
+        return self.clock_seconds + max(0.0, since)
+
     @asynccontextmanager
     async def running(self) -> AsyncIterator[VirtualTransport]:
         """Run the clock for the duration of the block. Exiting stops it and ends the mic.
@@ -269,6 +315,7 @@ class VirtualTransport:
             pcm = self._add_echo(pcm, self._mic_delivered)
         self._record(self._record_in, pcm)
         self._mic_delivered += self.block_samples
+        self._tick_at = anyio.current_time()
         self._wake_waiters()
         return AudioFrame(pcm, self.sample_rate)
 
@@ -342,3 +389,10 @@ class VirtualTransport:
     def save_output_wav(self, path: str | Path) -> None:
         """Write `recorded_output()` as a WAV file."""
         write_wav(path, self.recorded_output(), self.sample_rate)
+
+    def save_stereo_wav(self, path: str | Path) -> Path:
+        """Write the microphone (left) and the speaker (right) as one stereo WAV on the shared
+        clock (the shorter side padded with silence); the folder is made if needed."""
+        return write_stereo_wav(
+            path, self.recorded_input(), self.recorded_output(), self.sample_rate
+        )

@@ -16,7 +16,7 @@ import anyio
 import pytest
 
 from agent.file_output import MemoryOutput as MemoryOutput  # re-exported for the tests
-from agent.interfaces import LLM, ChatMessage
+from agent.interfaces import LLM, ChatMessage, LLMChunk, ToolSchema
 
 
 async def eventually(condition: Callable[[], bool], limit: float = 5.0) -> bool:
@@ -67,13 +67,15 @@ class TimedLLM:
         self.failed_at: float | None = None
         self.failure: BaseException | None = None
 
-    async def stream(self, messages: Sequence[ChatMessage]) -> AsyncGenerator[str, None]:
+    async def stream(
+        self, messages: Sequence[ChatMessage], *, tools: Sequence[ToolSchema] = ()
+    ) -> AsyncGenerator[LLMChunk, None]:
         """The inner stream. Cancelling closes it (it is consumed under `aclosing`).
 
         `failed_at`/`failure` keep the last failure (a later good stream does not clear them).
         """
         self.delta_times = []
-        gen = self.inner.stream(messages)
+        gen = self.inner.stream(messages, tools=tools)
         try:
             async for delta in gen:
                 self.delta_times.append(time.monotonic())

@@ -21,8 +21,8 @@ from itertools import pairwise
 import anyio
 import pytest
 
-from agent.interfaces import ChatMessage
 from agent.errors import LLMAuthError
+from agent.interfaces import ChatMessage
 from agent.session import Session
 from plugins.elevenlabs.client import (
     AuthenticationError,
@@ -96,7 +96,7 @@ async def test_tts_key_refused_on_reconnect_mid_session_costs_one_attempt_per_tu
                 session = Session(llm, tts, MemoryOutput())
                 results = [await session.respond("one"), await session.respond("two")]
         await llm.aclose()
-    assert all(isinstance(r.error, AuthenticationError) for r in results), results
+    assert all(isinstance(r.cause, AuthenticationError) for r in results), results
     assert len(fake_tts.attempts) == 1 + 2, "the first connection, then one attempt per turn"
     assert not fake_llm.chat_requests, "no LLM call for a turn that cannot speak"
     assert len(loud_records(caplog)) == 2  # one "ended early" line per turn
@@ -257,16 +257,16 @@ async def test_llm_bad_key_ends_the_turn_after_one_request(
             async with ElevenLabsTTS(TTSConfig(), base_url=fake_tts.url, frame_listener=wire) as t:
                 result = await Session(llm, t, MemoryOutput()).respond("hi")
         await llm.aclose()
-    assert isinstance(result.error, LLMAuthError)
+    assert isinstance(result.cause, LLMAuthError)
     assert len(fake_llm.chat_requests) == 1
-    assert result.heard_text == "" and result.metrics.first_audio_byte is None
+    assert result.heard_text == "" and result.at("first_audio_byte") is None
     assert_turn_closed_on_wire(wire, "ctx-1", spoke=False)
     assert not any(m.get("flush") for m in wire.sent_to("ctx-1"))
     assert len(loud_records(caplog)) == 1
-    started = result.metrics.llm_request
-    assert started is not None and result.metrics.turn_end is not None
+    started = result.at("llm_request")
+    assert started is not None and result.at("turn_end") is not None
     recovery(
         "LLM key refused (401)",
         "LLMAuthError after 1 request, turn ended cleanly",
-        result.metrics.turn_end - started,
+        result.at("turn_end") - started,
     )

@@ -19,11 +19,10 @@ from typing import Any
 import anyio
 import pytest
 
+from agent import Agent, AgentOptions, Conversation, ErrorEvent, Event, StateChanged
 from agent.audio import AudioFrame
 from agent.errors import AudioDeviceError
-from agent.session import Session
 from agent.vad import VadConfig
-from agent.voice_agent import VoiceAgent, VoiceAgentConfig
 from plugins.elevenlabs.client import ElevenLabsTTS, TTSConfig
 from plugins.elevenlabs.server import LocalTTSServer
 from plugins.openai.llm import OpenAILLM
@@ -123,9 +122,9 @@ async def test_device_lost_mid_answer_ends_the_conversation_with_one_clear_error
     the whole headset is unplugged; or only its speaker is, or the speaker's driver silently
     stops calling back, while the microphone keeps delivering.
 
-    Pass: `VoiceAgent.run` raises one plain `AudioDeviceError` (not an exception group) whose
+    Pass: the conversation raises one plain `AudioDeviceError` (not an exception group) whose
     message names the device, the cause and what to do; the agent reports it once (one
-    WARNING line, one "device lost" status, no traceback); the turn is cancelled cleanly (the
+    WARNING line, one ErrorEvent, no traceback); the turn is cancelled cleanly (the
     history keeps the heard words, marked interrupted; the turn's record carries the error;
     close_context for its TTS context is the last frame on the wire for it); in the 2 s after
     the loss the agent processes no frame after the error and the process uses little CPU (no
@@ -136,7 +135,7 @@ async def test_device_lost_mid_answer_ends_the_conversation_with_one_clear_error
     monkeypatch.setattr(sd_transport, "load_sounddevice", lambda: fake)
     fake.input_source = mic_source(speak16k("Tell me about the moon."), 0.3)
     wire = WireLog()
-    statuses: list[tuple[str, str]] = []
+    events: list[Event] = []
     frames = 0
     lost_at = cpu_at_loss = 0.0
     raised_at: float | None = None
@@ -151,26 +150,20 @@ async def test_device_lost_mid_answer_ends_the_conversation_with_one_clear_error
         transport = SoundDeviceTransport(RATE, block_ms=20, stall_timeout_s=1.0)
         with anyio.fail_after(40):
             async with ElevenLabsTTS(config, base_url=tts_server.url, frame_listener=wire) as tts:
-                session = Session(llm, tts, transport.output)
-                agent = VoiceAgent(
-                    session,
-                    whisper_stt,
-                    transport,
-                    config=VoiceAgentConfig(vad=VadConfig(min_silence_ms=400)),
-                    on_status=lambda state, detail: statuses.append((state, detail)),
+                agent = Agent(
+                    stt=whisper_stt,
+                    llm=llm,
+                    tts=tts,
+                    options=AgentOptions(vad=VadConfig(min_silence_ms=400)),
                 )
-                handle_frame = agent.handle_frame
-
-                def counting_handle_frame(frame: AudioFrame) -> None:
-                    nonlocal frames
-                    frames += 1
-                    handle_frame(frame)
-
-                agent.handle_frame = counting_handle_frame  # type: ignore[method-assign]
+                conversation: Conversation | None = None
 
                 async def lose_the_device_mid_answer() -> None:
                     nonlocal lost_at, cpu_at_loss
-                    assert await eventually(lambda: agent.speaking_for() >= 1.0, limit=30)
+                    assert await eventually(
+                        lambda: conversation is not None and conversation.speaking_for() >= 1.0,
+                        limit=30,
+                    )
                     cpu_at_loss, lost_at = time.process_time(), time.monotonic()
                     for stream in fake.streams:
                         if stream.kind in loss.streams:
@@ -180,7 +173,17 @@ async def test_device_lost_mid_answer_ends_the_conversation_with_one_clear_error
                     async with anyio.create_task_group() as tg:
                         tg.start_soon(lose_the_device_mid_answer)
                         with pytest.raises(AudioDeviceError) as raised:
-                            await agent.run()
+                            async with agent.conversation(transport) as conversation:
+                                handle_frame = conversation.handle_frame
+
+                                def counting_handle_frame(frame: AudioFrame) -> None:
+                                    nonlocal frames
+                                    frames += 1
+                                    handle_frame(frame)
+
+                                conversation.handle_frame = counting_handle_frame  # type: ignore[method-assign]
+                                async for event in conversation:
+                                    events.append(event)
                         raised_at, frames_at_error = time.monotonic(), frames
                     await anyio.sleep(max(0.0, lost_at + 2.0 - time.monotonic()))
                     cpu_seconds = time.process_time() - cpu_at_loss
@@ -194,14 +197,17 @@ async def test_device_lost_mid_answer_ends_the_conversation_with_one_clear_error
     loud = loud_records(caplog)
     assert [r.getMessage() for r in loud] == [f"audio device lost, conversation ended: {error}"]
     assert not tracebacks(caplog)
-    assert [s for s in statuses if s[0] == "device lost"] == [("device lost", str(error))]
-    assert statuses[-1][0] == "device lost", "nothing claims to listen after the loss"
+    errors = [e for e in events if isinstance(e, ErrorEvent)]
+    assert [(e.turn, e.message) for e in errors] == [(None, str(error))], "reported once"
+    states = [e.state for e in events if isinstance(e, StateChanged)]
+    assert states[-1] == "ended", "nothing claims to listen after the loss"
+    assert conversation is not None
     # the turn was cancelled cleanly
-    user, answer = session.history
+    user, answer = conversation.history
     assert user.role == "user" and "moon" in user.content.lower()
     assert answer.role == "assistant" and answer.interrupted
     assert answer.content and ANSWER.startswith(answer.content)
-    (record,) = agent.log.turns
+    (record,) = conversation.log.turns
     assert record.interrupted and record.error == str(error)
     assert_turn_closed_on_wire(wire, "ctx-1", spoke=False)
     # no busy loop, nothing runs on
@@ -214,7 +220,7 @@ async def test_device_lost_mid_answer_ends_the_conversation_with_one_clear_error
     )
     recovery(
         f"audio device lost mid-answer: {loss.name}",
-        f"one AudioDeviceError from VoiceAgent.run; {cpu_seconds * 1000:.0f} ms CPU in the "
+        f"one AudioDeviceError from the conversation; {cpu_seconds * 1000:.0f} ms CPU in the "
         "next 2 s",
         raised_at - lost_at,
     )

@@ -17,8 +17,9 @@ from typing import Any
 import anyio
 import pytest
 
+from agent.conversation import TurnRecord
 from agent.errors import LLMStreamError, LLMTimeoutError
-from agent.session import Session, TurnResult
+from agent.session import Session
 from plugins.elevenlabs.client import ElevenLabsTTS, TTSConfig
 from plugins.elevenlabs.server import LocalTTSServer
 from plugins.openai.llm import OpenAILLM
@@ -51,10 +52,10 @@ NEXT = "All good now."
 
 async def run_turns(
     engine: Any, replies: list[Reply], **llm_options: Any
-) -> tuple[Session, list[TurnResult], WireLog, ScriptedChatServer, TimedLLM]:
+) -> tuple[Session, list[TurnRecord], WireLog, ScriptedChatServer, TimedLLM]:
     """Two turns ("one", "two") through the real session, TTS server and clients."""
     wire = WireLog()
-    results: list[TurnResult] = []
+    results: list[TurnRecord] = []
     async with ScriptedChatServer(replies) as fake_llm, LocalTTSServer(engine) as tts_server:
         llm = TimedLLM(OpenAILLM("scripted", base_url=fake_llm.base_url, **llm_options))
         config = TTSConfig(output_format="pcm_16000")
@@ -91,7 +92,7 @@ async def test_llm_failure_after_some_tokens_ends_the_turn_by_policy(
     session, (one, two), wire, fake_llm, llm = await run_turns(
         piper_engine, [failing, tokens("All ", "good ", "now.")]
     )
-    assert isinstance(one.error, LLMStreamError), one.error
+    assert isinstance(one.cause, LLMStreamError), one.cause
     assert one.heard_text == SPOKEN and not one.interrupted
     assert_turn_closed_on_wire(wire, "ctx-1", spoke=True)
     loud = loud_records(caplog)
@@ -102,7 +103,7 @@ async def test_llm_failure_after_some_tokens_ends_the_turn_by_policy(
     assert len(fake_llm.chat_requests) == 2, "a failure after the first token is not retried"
 
     fault_at = fake_llm.chat_requests[0].step_times[-1]
-    assert llm.failed_at is not None and two.metrics.first_audio_byte is not None
+    assert llm.failed_at is not None and two.at("first_audio_byte") is not None
     recovery(
         f"LLM stream fails after tokens ({kind})",
         "typed LLMStreamError surfaced",
@@ -111,7 +112,7 @@ async def test_llm_failure_after_some_tokens_ends_the_turn_by_policy(
     recovery(
         f"LLM stream fails after tokens ({kind})",
         "turn ended (spoken part played, context closed), next turn's first audio",
-        two.metrics.first_audio_byte - fault_at,
+        two.at("first_audio_byte") - fault_at,
     )
 
 
@@ -130,7 +131,7 @@ async def test_inter_token_stall_times_out_on_time(
     _, (one, two), wire, fake_llm, llm = await run_turns(
         piper_engine, [stalled, tokens("Recovered.")], inter_token_timeout=timeout
     )
-    assert isinstance(one.error, LLMTimeoutError) and one.error.phase == "inter_token"
+    assert isinstance(one.cause, LLMTimeoutError) and one.cause.phase == "inter_token"
     assert llm.failed_at is not None
     waited = llm.failed_at - llm_last_delta(one)
     assert timeout <= waited < timeout + 1.0, waited
@@ -139,7 +140,7 @@ async def test_inter_token_stall_times_out_on_time(
     assert len(loud_records(caplog)) == 1 and not tracebacks(caplog)
     assert fake_llm.chat_requests[0].closed_by_client
     assert two.error is None and two.heard_text == "Recovered."
-    assert two.metrics.first_audio_byte is not None
+    assert two.at("first_audio_byte") is not None
     stall_at = fake_llm.chat_requests[0].step_times[-1]
     recovery(
         "LLM stalls after a token (inter_token_timeout 1 s)",
@@ -149,13 +150,13 @@ async def test_inter_token_stall_times_out_on_time(
     recovery(
         "LLM stalls after a token (inter_token_timeout 1 s)",
         "next turn's first audio",
-        two.metrics.first_audio_byte - stall_at,
+        two.at("first_audio_byte") - stall_at,
     )
 
 
-def llm_last_delta(result: TurnResult) -> float:
-    assert result.metrics.last_token is not None
-    return result.metrics.last_token
+def llm_last_delta(result: TurnRecord) -> float:
+    assert result.at("last_token") is not None
+    return result.at("last_token")
 
 
 async def test_first_token_stall_times_out_on_time_each_attempt(
@@ -179,7 +180,7 @@ async def test_first_token_stall_times_out_on_time_each_attempt(
         max_attempts=2,
         backoff_base=backoff,
     )
-    assert isinstance(one.error, LLMTimeoutError) and one.error.phase == "first_token"
+    assert isinstance(one.cause, LLMTimeoutError) and one.cause.phase == "first_token"
     first, second = fake_llm.chat_requests[:2]
     assert llm.failed_at is not None
     gap = second.received_at - first.received_at
@@ -187,7 +188,7 @@ async def test_first_token_stall_times_out_on_time_each_attempt(
     assert timeout + backoff - 0.05 <= gap < timeout + backoff + 1.0, gap
     assert timeout - 0.05 <= llm.failed_at - second.received_at < timeout + 1.0
     assert first.closed_by_client and second.closed_by_client
-    assert one.heard_text == "" and one.metrics.first_audio_byte is None
+    assert one.heard_text == "" and one.at("first_audio_byte") is None
     assert_turn_closed_on_wire(wire, "ctx-1", spoke=False)
     assert not any(m.get("flush") for m in wire.sent_to("ctx-1")), "nothing to flush"
     assert len(loud_records(caplog)) == 1 and not tracebacks(caplog)

@@ -27,13 +27,13 @@ from typing import Any
 
 import anyio
 import pytest
+from anyio.abc import TaskStatus
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from agent import Agent, AgentOptions, Conversation
 from agent.interfaces import ChatMessage
-from agent.session import Session
 from agent.vad import VadConfig
-from agent.voice_agent import VoiceAgent, VoiceAgentConfig
 from plugins.elevenlabs.client import DEFAULT_VOICE_ID, ElevenLabsTTS, TTSConfig, TTSContext
 from plugins.elevenlabs.server import LocalTTSServer
 from plugins.local.llm_server import LocalLLMServer
@@ -87,7 +87,7 @@ async def test_cancelling_the_voice_agent_mid_answer_cleans_up_in_time(
     caplog: pytest.LogCaptureFixture,
     recovery: Recorder,
 ) -> None:
-    """Fault: the task group running `VoiceAgent.run` (with the TTS client, both servers and the
+    """Fault: the task group running the conversation (with the TTS client, both servers and the
     transport around it) is cancelled 1 s into the agent's spoken answer, the LLM still
     streaming.
 
@@ -115,16 +115,15 @@ async def test_cancelling_the_voice_agent_mid_answer_cleans_up_in_time(
                 transport.running(),
                 anyio.create_task_group() as tg,
             ):
-                session = Session(llm, tts, transport.output)
-                agent = VoiceAgent(
-                    session,
-                    whisper_stt,
-                    transport,
-                    config=VoiceAgentConfig(vad=VadConfig(min_silence_ms=400)),
+                agent = Agent(
+                    stt=whisper_stt,
+                    llm=llm,
+                    tts=tts,
+                    options=AgentOptions(vad=VadConfig(min_silence_ms=400)),
                 )
-                tg.start_soon(agent.run)
-                assert await eventually(lambda: agent.speaking_for() >= 1.0, limit=30)
-                assert session.speaking, "a turn is running"
+                conversation = await tg.start(run_conversation, agent, transport)
+                assert await eventually(lambda: conversation.speaking_for() >= 1.0, limit=30)
+                assert conversation.state == "speaking", "a turn is running"
                 cancel_at = time.monotonic()
                 everything.cancel()
                 await anyio.sleep(60)  # the cancellation lands here
@@ -134,7 +133,7 @@ async def test_cancelling_the_voice_agent_mid_answer_cleans_up_in_time(
     assert everything.cancelled_caught
     assert shutdown_s < BOUND_S, f"shutdown took {shutdown_s:.2f} s"
     assert_turn_closed_on_wire(wire, "ctx-1", spoke=False)
-    user, answer = session.history
+    user, answer = conversation.history
     assert "moon" in user.content.lower()
     assert answer.interrupted and answer.content and ANSWER.startswith(answer.content)
     assert tasks_after <= baseline, f"{tasks_after - baseline} task(s) left"
@@ -144,6 +143,15 @@ async def test_cancelling_the_voice_agent_mid_answer_cleans_up_in_time(
         "close_context on the wire, heard words kept, no task left",
         shutdown_s,
     )
+
+
+async def run_conversation(
+    agent: Agent, transport: VirtualTransport, *, task_status: TaskStatus[Conversation]
+) -> None:
+    """Run a conversation until cancelled; hand its `Conversation` back once started."""
+    async with agent.conversation(transport) as conversation:
+        task_status.started(conversation)
+        await conversation.finished.wait()
 
 
 async def read_all(ctx: TTSContext, got_audio: anyio.Event) -> None:

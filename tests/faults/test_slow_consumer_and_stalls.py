@@ -12,6 +12,7 @@ import anyio
 import pytest
 
 from agent.audio import PlayoutBuffer
+from agent.conversation import TurnRecord
 from agent.session import Session
 from plugins.elevenlabs.client import CHUNK_QUEUE, ElevenLabsTTS, TTSConfig, TTSTimeoutError
 from plugins.elevenlabs.messages import MAX_CONTEXTS
@@ -82,17 +83,15 @@ async def test_ten_barge_ins_in_one_second_stay_within_the_context_limit(piper_e
             output = PlayoutBuffer(16000, max_seconds=1.0)
             session = Session(llm, tts, output)
             before = len(asyncio.all_tasks())
-            results = []
+            results: list[TurnRecord] = []
             started = time.monotonic()
-            for _ in range(10):
+            for i in range(10):
+                record = TurnRecord(i + 1)
+                results.append(record)
                 async with anyio.create_task_group() as tg:
-
-                    async def turn() -> None:
-                        results.append(await session.respond("talk"))
-
-                    tg.start_soon(turn)
+                    tg.start_soon(session.respond, "talk", record)
                     await anyio.sleep(0.1)
-                    assert session.interrupt()
+                    tg.cancel_scope.cancel()  # barge-in
                 sock = tts._socket
                 assert sock is not None
                 peak = max(peak, sock.protocol.counted_contexts)

@@ -94,7 +94,7 @@ async def test_socket_dropped_mid_turn_ends_the_turn_and_the_next_turn_reconnect
 
     aborted_at = fake_tts.connections[0].aborted_at
     assert aborted_at is not None
-    assert isinstance(one.error, ConnectionLostError) and isinstance(one.error, TTSError)
+    assert isinstance(one.cause, ConnectionLostError) and isinstance(one.cause, TTSError)
     assert ended_at - aborted_at < 1.0, "the drop must surface within 1 s"
     assert one.interrupted and one.heard_text == HEARD
     replies = [m for m in session.history if m.role == "assistant"]
@@ -109,7 +109,7 @@ async def test_socket_dropped_mid_turn_ends_the_turn_and_the_next_turn_reconnect
     assert tts.reconnects == 1 and len(fake_tts.connections) == 2
     assert_turn_closed_on_wire(wire, "ctx-2", spoke=True)
     assert tasks_after <= baseline, "the dead socket's reader and keep-alive tasks ended"
-    first_audio = two.metrics.first_audio_byte
+    first_audio = two.at("first_audio_byte")
     assert first_audio is not None
     recovery(
         "TTS socket dropped mid-turn (no close frame)",
@@ -148,7 +148,7 @@ async def test_socket_dropped_between_turns_is_replaced_quietly(
     assert tts.reconnects == 1
     assert not loud_records(caplog)
     assert any("opening a new one" in r.getMessage() for r in caplog.records)
-    first_audio, started = result.metrics.first_audio_byte, result.metrics.transcript_ready
+    first_audio, started = result.at("first_audio_byte"), result.at("llm_request")
     assert first_audio is not None and started is not None
     recovery(
         "TTS socket dropped between turns",
