@@ -10,10 +10,15 @@ import contextlib
 import itertools
 import json
 import logging
+import os
+import signal
+import socket
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import anyio
 import numpy as np
@@ -329,3 +334,55 @@ async def test_drain_finishes_live_calls_and_refuses_new_ones() -> None:
             with anyio.fail_after(5):
                 await app.wait_idle()
     assert results[0].media_in == 40 and results[0].hung_up_by == "caller"
+
+
+REPO = str(Path(__file__).resolve().parents[1])
+SERVER_PROCESS = """
+import sys
+from plugins.twilio import PhoneConfig, ToneBot, serve_forever
+app = serve_forever(ToneBot(greeting_s=1.0), PhoneConfig(), port=int(sys.argv[1]))
+print("finished", len(app.finished), app.finished[-1].end_reason, flush=True)
+"""
+
+
+async def test_sigterm_drains_a_live_call_then_the_server_exits() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if k != "TWILIO_AUTH_TOKEN"}
+    env["PYTHONPATH"] = REPO
+    async with await anyio.open_process(
+        [sys.executable, "-c", SERVER_PROCESS, str(port)], env=env
+    ) as proc:
+        try:
+            with anyio.fail_after(20):
+                while True:
+                    try:
+                        status, _ = await anyio.to_thread.run_sync(
+                            lambda: http("GET", url + "/healthz"))
+                        if status == 200:
+                            break
+                    except OSError:
+                        pass
+                    await anyio.sleep(0.1)
+            results: list[CallResult] = []
+            async with anyio.create_task_group() as tg:
+                async def live() -> None:
+                    results.append(await place_call(url, CallScript(hang_up_after_silence=0.2)))
+                tg.start_soon(live)
+                await anyio.sleep(0.4)
+                proc.send_signal(signal.SIGTERM)
+                await anyio.sleep(0.1)
+                status, body = await anyio.to_thread.run_sync(
+                    lambda: http("GET", url + "/healthz"))
+                assert status == 503 and json.loads(body)["status"] == "draining"
+            with anyio.fail_after(10):
+                assert await proc.wait() == 0
+            assert proc.stdout is not None
+            out = (await proc.stdout.receive()).decode()
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+    assert results[0].media_in == 50 and results[0].hung_up_by == "caller"
+    assert out.strip() == "finished 1 caller hung up (stop)"

@@ -340,6 +340,17 @@ async def serve(
     return app
 
 
+def serve_forever(
+    handler: CallHandler, config: PhoneConfig | None = None, *, host: str = "127.0.0.1",
+    port: int = 8080,
+) -> PhoneApp:
+    """Blocking `serve` for a CLI: runs until SIGTERM/SIGINT drained the live calls."""
+    async def main() -> PhoneApp:
+        return await serve(handler, config, host=host, port=port)
+
+    return anyio.run(main)
+
+
 @asynccontextmanager
 async def running_phone_server(
     app: PhoneApp, host: str = "127.0.0.1", port: int = 0
@@ -376,4 +387,5 @@ async def _signal_started(runner: _DrainingServer, started: anyio.Event) -> None
     started.set()
 
 
-__all__ = ["PhoneApp", "PhoneConfig", "running_phone_server", "serve", "twiml_connect_stream"]
+__all__ = ["PhoneApp", "PhoneConfig", "running_phone_server", "serve", "serve_forever",
+           "twiml_connect_stream"]
