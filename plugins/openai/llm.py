@@ -220,15 +220,22 @@ class OpenAILLM:
                 "conversation, then call llm.stream() inside it"
             )
         offered = self._offered(tools)
+        # The history and tools are already plain JSON, so they travel in `extra_body`, which
+        # the SDK sends as is and which takes precedence over its typed parameters (documented
+        # in `_merge_mappings`). Through the typed `messages=` the SDK walks every message
+        # against its TypedDicts first: measured 2.2 ms for 5 messages and a tool, 17 ms for
+        # 50 messages, on every request of every turn.
+        body: dict[str, Any] = {"messages": self.build_messages(messages)}
+        if offered and self.can_call_tools:
+            body["tools"] = wire_tools(offered)
         request: dict[str, Any] = {
             "model": self.model,
-            "messages": self.build_messages(messages),
+            "messages": [],
             "stream": True,
             "temperature": openai.omit if self.temperature is None else self.temperature,
             "max_tokens": openai.omit if self.max_tokens is None else self.max_tokens,
+            "extra_body": body,
         }
-        if offered and self.can_call_tools:
-            request["tools"] = wire_tools(offered)
         names = [t.name for t in offered]
 
         def decoder() -> ReplyDecoder:
