@@ -439,6 +439,7 @@ class ToolBox:
         return tuple(each.schema for each in self._tools.values())
 
     async def __aenter__(self) -> ToolBox:
+        """Open the task group for tools that outlive a turn. Cancelling it leaves it closed."""
         if self._group is not None:
             raise RuntimeError("this ToolBox is already open")
         group = anyio.create_task_group()

@@ -142,7 +142,7 @@ class OpenAILLM:
         return self._client is not None
 
     async def __aenter__(self) -> OpenAILLM:
-        """Create the HTTP client (no request is made)."""
+        """Create the HTTP client (no request is made, so there is nothing to cancel)."""
         if self._client is not None:
             raise LLMConfigError(f"{self!r} is already open: enter its `async with` once")
         backstop = max(self.first_token_timeout, self.inter_token_timeout) * 2 + 5.0
