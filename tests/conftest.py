@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import gc
 import os
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -18,20 +16,6 @@ for _name in ("ELEVENLABS_API_KEY", "ELEVENLABS_BASE_URL", "OPENAI_API_KEY", "OP
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-@pytest.fixture(autouse=True)
-def collect_unclosed_clients() -> Iterator[None]:
-    """Collect garbage after each test, outside any event loop.
-
-    Tests that build an `OpenAILLM` without `async with` leave its HTTP pool to the garbage
-    collector, and the openai SDK's finalizer schedules the pool's close on whatever loop is
-    running at that moment: a later test's, where closing sockets of a finished loop raises
-    "Event loop is closed" inside that innocent test. Collected here, with no loop running,
-    the finalizer schedules nothing.
-    """
-    yield
-    gc.collect()
 
 
 @pytest.fixture(scope="session")

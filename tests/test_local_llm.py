@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from agent.errors import LLMConfigError
-from agent.interfaces import ChatMessage
+from agent.interfaces import ChatMessage, TextDelta
 from plugins.local import llm_server
 from plugins.local.llm_server import LocalLLMServer, LocalLLMServerError, find_model
 from plugins.openai.llm import OpenAILLM
@@ -39,16 +39,20 @@ async def test_local_server_streams_a_short_answer() -> None:
         llm = OpenAILLM(
             server.model,
             base_url=server.base_url,
-            system_prompt="You are a helpful assistant. Answer in one short sentence.",
             temperature=0.0,
             max_tokens=40,
             first_token_timeout=60.0,
             inter_token_timeout=30.0,
         )
+        history = [
+            ChatMessage("system", "You are a helpful assistant. Answer in one short sentence."),
+            ChatMessage("user", "What color is the sky?"),
+        ]
         deltas: list[str] = []
-        async with llm, aclosing(llm.stream([ChatMessage("user", "What color is the sky?")])) as s:
+        async with llm, aclosing(llm.stream(history)) as s:
             async for delta in s:
-                deltas.append(delta)
+                assert isinstance(delta, TextDelta)
+                deltas.append(delta.text)
         assert server.running, "the server survives a request"
         log_dir = server.log_path.parent
     assert all(deltas), "no empty deltas"

@@ -17,7 +17,7 @@ from agent.errors import (
     LLMStreamError,
     LLMTimeoutError,
 )
-from agent.interfaces import LLM, ChatMessage
+from agent.interfaces import LLM, ChatMessage, TextDelta
 from plugins.openai.llm import OpenAILLM
 from tests.fakes.scripted_llm import (
     Drop,
@@ -55,7 +55,8 @@ async def collect(llm: OpenAILLM, history: list[ChatMessage] = HISTORY) -> list[
     deltas: list[str] = []
     async with aclosing(llm.stream(history)) as stream:
         async for delta in stream:
-            deltas.append(delta)
+            assert isinstance(delta, TextDelta)
+            deltas.append(delta.text)
     return deltas
 
 
@@ -64,11 +65,12 @@ async def test_streams_deltas_in_order_skipping_empty_ones() -> None:
         Token("Hel", 0.01), Token(None), Token(""), NoChoices(), Token("lo", 0.01),
         Token(" there"), Token(None), Token("!"),
     ))
+    history = [ChatMessage("system", "Be brief."), *HISTORY]
     async with ScriptedChatServer([reply]) as server, make_llm(
-        server, system_prompt="Be brief.", temperature=0.2, max_tokens=40
+        server, temperature=0.2, max_tokens=40
     ) as llm:
         as_interface: LLM = llm  # mypy checks that OpenAILLM satisfies agent.interfaces.LLM
-        deltas = await collect(llm)
+        deltas = await collect(llm, history)
 
     assert as_interface is llm
     assert deltas == ["Hel", "lo", " there", "!"]
@@ -82,6 +84,29 @@ async def test_streams_deltas_in_order_skipping_empty_ones() -> None:
         {"role": "user", "content": "Say hello."},
     ]
     assert request.headers["authorization"] == f"Bearer {SECRET}"
+    assert "tools" not in request.body, "no tools offered, none sent"
+
+
+async def test_sends_the_messages_it_is_given_and_injects_no_instructions() -> None:
+    async with ScriptedChatServer([tokens("Ok")]) as server, make_llm(server) as llm:
+        assert await collect(llm) == ["Ok"]
+    assert server.chat_requests[0].messages == [{"role": "user", "content": "Say hello."}]
+
+
+async def test_stream_outside_async_with_says_how_to_fix_it() -> None:
+    async with ScriptedChatServer([tokens("Ok")]) as server:
+        llm = make_llm(server)
+        with pytest.raises(LLMConfigError, match=r"async with OpenAILLM\(\.\.\.\) as llm"):
+            await collect(llm)
+        async with llm:
+            assert llm.is_open
+            assert await collect(llm) == ["Ok"]
+        assert not llm.is_open
+        with pytest.raises(LLMConfigError, match="not open"):
+            await collect(llm)
+        async with llm:  # an OpenAILLM may be opened again after it was closed
+            assert await collect(llm) == ["Ok"]
+    assert len(server.chat_requests) == 2
 
 
 async def test_history_keeps_interrupted_text_and_drops_empty_assistant_turns() -> None:
@@ -138,7 +163,8 @@ async def test_500_mid_stream_surfaces_without_retry() -> None:
         with pytest.raises(LLMStreamError) as caught:
             async with aclosing(llm.stream(HISTORY)) as stream:
                 async for delta in stream:
-                    received.append(delta)
+                    assert isinstance(delta, TextDelta)
+                    received.append(delta.text)
     assert received == ["Half", " a"]
     assert caught.value.deltas_delivered == 2
     assert "model crashed" in str(caught.value)
@@ -152,7 +178,8 @@ async def test_dropped_connection_mid_stream_surfaces_without_retry() -> None:
         with pytest.raises(LLMStreamError):
             async with aclosing(llm.stream(HISTORY)) as stream:
                 async for delta in stream:
-                    received.append(delta)
+                    assert isinstance(delta, TextDelta)
+                    received.append(delta.text)
     assert received == ["Half"]
     assert len(server.chat_requests) == 1
 
@@ -206,7 +233,8 @@ async def test_stall_after_first_token_times_out_without_retry() -> None:
         with pytest.raises(LLMTimeoutError) as caught:
             async with aclosing(llm.stream(HISTORY)) as stream:
                 async for delta in stream:
-                    received.append(delta)
+                    assert isinstance(delta, TextDelta)
+                    received.append(delta.text)
         assert caught.value.phase == "inter_token"
         assert received == ["Well,"]
         assert len(server.chat_requests) == 1
@@ -223,7 +251,8 @@ async def test_cancelling_the_consumer_closes_the_http_stream(cancel_while: str)
         with anyio.CancelScope() as scope:
             async with aclosing(llm.stream(HISTORY)) as stream:
                 async for delta in stream:
-                    received.append(delta)
+                    assert isinstance(delta, TextDelta)
+                    received.append(delta.text)
                     if len(received) == 2:
                         scope.cancel()
                         if cancel_while == "busy_elsewhere":

@@ -3,8 +3,10 @@
 It serves `POST /v1/chat/completions` with `stream=true` as Server-Sent Events over chunked
 HTTP/1.1, one scripted reply per request, and `GET /v1/models`. It exists to script timelines
 and faults (slow tokens, None deltas, 5xx, 401, stalls, dropped connections, malformed chunks)
-that a real model cannot produce on demand. Every request is recorded (with its arrival time),
-including whether the client hung up early.
+that a real model cannot produce on demand, and streamed tool calls (`ToolDelta` fragments,
+interleaved across parallel calls if the script says so, then `finish_reason: "tool_calls"`).
+Every request is recorded (with its arrival time and body), including whether the client hung
+up early.
 
     async with ScriptedChatServer([tokens("Hello", " world", delay=0.01)]) as server:
         llm = OpenAILLM("scripted", base_url=server.base_url)
@@ -35,7 +37,9 @@ __all__ = [
     "Stall",
     "StreamReply",
     "Token",
+    "ToolDelta",
     "tokens",
+    "tool_call_reply",
 ]
 
 
@@ -85,15 +89,29 @@ class Raw:
     delay: float = 0.0
 
 
-Step = Token | NoChoices | Stall | ErrorEvent | Drop | Raw
+@dataclass(frozen=True)
+class ToolDelta:
+    """Send one tool-call fragment: `delta.tool_calls = [{index, id?, type?, function: {name?,
+    arguments?}}]` (fields left None are omitted, as real servers do after the first fragment)."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str | None = None
+    delay: float = 0.0
+
+
+Step = Token | NoChoices | Stall | ErrorEvent | Drop | Raw | ToolDelta
 
 
 @dataclass(frozen=True)
 class StreamReply:
-    """A 200 SSE response playing `steps`; if `finish`, end with a stop chunk and `[DONE]`."""
+    """A 200 SSE response playing `steps`; if `finish`, end with a chunk carrying
+    `finish_reason` and then `[DONE]`."""
 
     steps: tuple[Step, ...]
     finish: bool = True
+    finish_reason: str = "stop"
 
 
 @dataclass(frozen=True)
@@ -113,6 +131,32 @@ def tokens(*texts: str | None, delay: float = 0.0) -> StreamReply:
     return StreamReply(tuple(Token(text, delay) for text in texts))
 
 
+def tool_call_reply(
+    *calls: tuple[str, str, str],
+    text: Sequence[str] = (),
+    pieces: int = 3,
+    interleave: bool = False,
+    delay: float = 0.0,
+) -> StreamReply:
+    """A reply that says `text` (as deltas), then calls tools: each ``(id, name, arguments)``
+    streamed as a first fragment (id and name) and `pieces` argument fragments; with
+    `interleave`, the argument fragments of the calls alternate. Ends with "tool_calls"."""
+    steps: list[Step] = [Token(piece, delay) for piece in text]
+    per_call: list[list[ToolDelta]] = []
+    for index, (call_id, name, arguments) in enumerate(calls):
+        size = max(1, -(-len(arguments) // pieces))
+        parts = [arguments[i : i + size] for i in range(0, len(arguments), size)] or [""]
+        per_call.append([ToolDelta(index, arguments=part, delay=delay) for part in parts])
+        if not interleave:
+            steps.append(ToolDelta(index, call_id, name, "", delay))
+            steps += per_call[-1]
+    if interleave:
+        steps += [ToolDelta(i, c[0], c[1], "", delay) for i, c in enumerate(calls)]
+        longest = max((len(parts) for parts in per_call), default=0)
+        steps += [parts[n] for n in range(longest) for parts in per_call if n < len(parts)]
+    return StreamReply(tuple(steps), finish_reason="tool_calls")
+
+
 @dataclass
 class RecordedRequest:
     """One request as the server saw it."""
@@ -126,6 +170,7 @@ class RecordedRequest:
     done: anyio.Event = field(default_factory=anyio.Event)
     received_at: float = field(default_factory=time.monotonic)
     step_times: list[float] = field(default_factory=list)  # when each scripted step went out
+    finished_at: float | None = None  # when the finish_reason chunk went out
 
     @property
     def messages(self) -> list[dict[str, Any]]:
@@ -281,6 +326,8 @@ class ScriptedChatServer:
                 await _send_event(client, self._envelope([]))
             elif isinstance(step, Raw):
                 await _send_event(client, step.data)
+            elif isinstance(step, ToolDelta):
+                await _send_event(client, self._chunk({"tool_calls": [_fragment(step)]}))
             elif isinstance(step, ErrorEvent):
                 error = {"error": {"message": step.message, "type": "server_error",
                                    "code": step.code}}
@@ -290,8 +337,9 @@ class ScriptedChatServer:
             else:  # Drop
                 return
         if reply.finish:
-            await _send_event(client, self._chunk({}, finish_reason="stop"))
-            await _send_event(client, "[DONE]")
+            request.finished_at = time.monotonic()
+            finish = self._chunk({}, finish_reason=reply.finish_reason)
+            await _send_event(client, finish + "\n\ndata: [DONE]")
             await client.send(b"0\r\n\r\n")
 
     def _envelope(self, choices: list[dict[str, Any]]) -> str:
@@ -305,6 +353,18 @@ class ScriptedChatServer:
 
     def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> str:
         return self._envelope([{"index": 0, "delta": delta, "finish_reason": finish_reason}])
+
+
+def _fragment(step: ToolDelta) -> dict[str, Any]:
+    fragment: dict[str, Any] = {"index": step.index}
+    if step.id is not None:
+        fragment["id"] = step.id
+        fragment["type"] = "function"
+    function = {key: value for key, value in (("name", step.name), ("arguments", step.arguments))
+                if value is not None}
+    if function:
+        fragment["function"] = function
+    return fragment
 
 
 async def _watch_for_hangup(

@@ -56,8 +56,12 @@ async def run_turns(
     """Two turns ("one", "two") through the real session, TTS server and clients."""
     wire = WireLog()
     results: list[TurnRecord] = []
-    async with ScriptedChatServer(replies) as fake_llm, LocalTTSServer(engine) as tts_server:
-        llm = TimedLLM(OpenAILLM("scripted", base_url=fake_llm.base_url, **llm_options))
+    async with (
+        ScriptedChatServer(replies) as fake_llm,
+        LocalTTSServer(engine) as tts_server,
+        OpenAILLM("scripted", base_url=fake_llm.base_url, **llm_options) as openai_llm,
+    ):
+        llm = TimedLLM(openai_llm)
         config = TTSConfig(output_format="pcm_16000")
         async with ElevenLabsTTS(config, base_url=tts_server.url, frame_listener=wire) as tts:
             session = Session(llm, tts, MemoryOutput())
