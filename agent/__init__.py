@@ -48,9 +48,11 @@ from agent.interfaces import (
     Transcript,
     Transport,
 )
+from agent.tools import Tool, ToolContext, tool
 from agent.turntaking import BargeInRules
 from agent.vad import VadConfig
 from agent.voice_agent import Agent, AgentOptions, Conversation
+from agent.voice_tools import end_call, read_digits
 
 __version__ = "0.1.0"
 
@@ -79,8 +81,10 @@ __all__ = [
     "StateChanged",
     "TTSError",
     "TextDelta",
+    "Tool",
     "ToolCall",
     "ToolCalled",
+    "ToolContext",
     "ToolFinished",
     "Transcript",
     "Transport",
@@ -89,4 +93,7 @@ __all__ = [
     "UserSaid",
     "VadConfig",
     "VoxloopError",
+    "end_call",
+    "read_digits",
+    "tool",
 ]

@@ -23,12 +23,20 @@ from contextlib import aclosing
 import anyio
 
 from agent.audio import StreamResampler
-from agent.conversation import TurnRecord
-from agent.errors import LLMError, VoxloopError, sole
-from agent.events import AgentText, Event
+from agent.conversation import ToolRecord, TurnRecord
+from agent.errors import AudioDeviceError, LLMError, VoxloopError, sole
+from agent.events import AgentText, Event, ToolCalled, ToolFinished
 from agent.interfaces import LLM, TTS, AudioOutput, ChatMessage, TextDelta, TTSStream
 from agent.text import TextChunker
 from agent.timeline import Clock, MonotonicClock
+from agent.tools import (
+    ToolBox,
+    ToolResult,
+    ToolRound,
+    ToolsFinished,
+    ToolsStarted,
+    reply_with_tools,
+)
 
 log = logging.getLogger("voxloop.session")
 
@@ -52,6 +60,10 @@ class Session:
         clock: Clock | None = None,
         sentence_mode: bool = False,
         on_event: EventSink | None = None,
+        toolbox: ToolBox | None = None,
+        max_tool_rounds: int = 4,
+        tool_filler: str = "One moment.",
+        tool_filler_delay: float = 0.7,
     ) -> None:
         self.llm = llm
         self.tts = tts
@@ -59,6 +71,11 @@ class Session:
         self.clock: Clock = clock or MonotonicClock()
         self.sentence_mode = sentence_mode
         self.on_event = on_event
+        self.toolbox = toolbox
+        self.max_tool_rounds = max_tool_rounds
+        self.tool_filler = tool_filler
+        self.tool_filler_delay = tool_filler_delay
+        self._tool_rounds: list[tuple[ToolRound, int]] = []  # this turn's, with sent chars
         self.history: list[ChatMessage] = []
         if instructions:
             self.history.append(ChatMessage("system", instructions))
@@ -109,7 +126,8 @@ class Session:
             record.interrupted = True
             if named is not None:
                 record.error, record.cause = str(named), named
-                log.warning("turn %d: ended early: %s", record.index, named)
+                if not isinstance(named, AudioDeviceError):  # the voice loop reports those
+                    log.warning("turn %d: ended early: %s", record.index, named)
             elif not isinstance(err, anyio.get_cancelled_exc_class()):
                 record.error, record.cause = repr(err), err
             await self._cleanup(stream)
@@ -121,32 +139,108 @@ class Session:
         return record
 
     async def _speak(self, stream: TTSStream, record: TurnRecord, spoken: list[str]) -> None:
-        """LLM deltas → chunker → socket; then exactly one flush and the close."""
+        """LLM deltas → chunker → socket, with tool rounds between; then exactly one flush
+        after the last text, and the close.
+
+        Text the model says before its tool calls is flushed at once, so it plays while the
+        tools run; if the round takes longer than `tool_filler_delay`, a short filler is said.
+        """
         timeline, clock = record.timeline, self.clock
         chunker = TextChunker(sentence_mode=self.sentence_mode)
         full: list[str] = []
+        unflushed = False
+        filler: anyio.CancelScope | None = None
         timeline.mark("llm_request", clock.now())
+        reply = reply_with_tools(
+            self.llm,
+            self.history,
+            self.toolbox,
+            max_rounds=self.max_tool_rounds,
+            record_reply=False,
+        )
         try:
-            async with aclosing(self.llm.stream(self.history)) as chunks:
+            async with anyio.create_task_group() as fillers, aclosing(reply) as chunks:
                 async for chunk in chunks:
-                    if not isinstance(chunk, TextDelta):
-                        continue  # tool calls: run by the tool-aware turn (agent.tools)
                     now = clock.now()
-                    timeline.mark_first("first_token", now)
-                    timeline.mark("last_token", now)
-                    full.append(chunk.text)
-                    for piece in chunker.push(chunk.text):
-                        await self._send(stream, piece, record, spoken)
+                    if isinstance(chunk, TextDelta):
+                        if filler is not None:
+                            filler.cancel()
+                            filler = None
+                        timeline.mark_first("first_token", now)
+                        timeline.mark("last_token", now)
+                        full.append(chunk.text)
+                        for piece in chunker.push(chunk.text):
+                            await self._send(stream, piece, record, spoken)
+                            unflushed = True
+                    elif isinstance(chunk, ToolsStarted):
+                        timeline.mark_first("first_tool_call", now)
+                        for piece in chunker.finish():
+                            await self._send(stream, piece, record, spoken)
+                            unflushed = True
+                        if unflushed:  # what was said before the calls plays while they run
+                            await stream.flush()
+                            unflushed = False
+                        self._tool_rounds.append((chunk.round, len("".join(spoken))))
+                        self._tools_started(record, chunk, now)
+                        if self.tool_filler and filler is None:
+                            filler = anyio.CancelScope()
+                            fillers.start_soon(self._filler, stream, record, spoken, filler)
+                    else:
+                        self._tools_finished(record, chunk, now)
+                fillers.cancel_scope.cancel()
         except LLMError as err:
             log.warning("turn %d: LLM failed mid-turn: %s", record.index, err)
             record.error, record.cause = str(err), err
         for piece in chunker.finish():
             await self._send(stream, piece, record, spoken)
+            unflushed = True
         record.agent_text = "".join(full)
-        if spoken:
+        if unflushed:
             await stream.flush()
             timeline.mark("flush_sent", clock.now())
         await stream.close()
+
+    async def _filler(
+        self, stream: TTSStream, record: TurnRecord, spoken: list[str], scope: anyio.CancelScope
+    ) -> None:
+        """After `tool_filler_delay` with no new text, say the filler (cancelled by text)."""
+        with scope:
+            await anyio.sleep(self.tool_filler_delay)
+            await self._send(stream, self.tool_filler.strip() + " ", record, spoken)
+            await stream.flush()
+
+    def _tools_started(self, record: TurnRecord, started: ToolsStarted, now: float) -> None:
+        for call in started.round.calls:
+            record.tools.append(ToolRecord(call.id, call.name, call.arguments))
+            self._emit(ToolCalled(record.index, call.id, call.name, call.arguments, now))
+
+    def _tools_finished(self, record: TurnRecord, finished: ToolsFinished, now: float) -> None:
+        record.timeline.mark("tool_results", now)
+        for result in finished.round.results:
+            self._land_tool(record, result, now)
+
+    def _land_tool(self, record: TurnRecord, result: ToolResult, now: float) -> None:
+        """Write a tool's result into the turn's record (once) and tell the listener."""
+        for entry in record.tools:
+            if entry.call_id != result.call.id or entry.outcome != "pending":
+                continue
+            if result.kind == "pending":
+                return
+            entry.outcome = tool_outcome(result)
+            entry.result = result.content
+            entry.seconds = round(result.seconds, 4)
+            entry.spoken = not result.late
+            self._emit(
+                ToolFinished(
+                    record.index,
+                    entry.call_id,
+                    entry.name,
+                    entry.outcome,
+                    entry.result,
+                    result.seconds,
+                    now,
+                )
+            )
 
     async def _send(
         self, stream: TTSStream, piece: str, record: TurnRecord, spoken: list[str]
@@ -188,19 +282,56 @@ class Session:
                 await stream.abort()
 
     def _finish(self, record: TurnRecord, stream: TTSStream | None, spoken: list[str]) -> None:
-        """Settle what was heard (from the output's playout report) and keep it in the history."""
-        sent = "".join(spoken).strip()
+        """Settle what was heard (from the output's playout report) and keep it in the
+        history: the text said before each tool round in that round's assistant message, the
+        rest in a final one; cut to what was heard when the turn was interrupted."""
+        sent = "".join(spoken)
         if not record.agent_text:
-            record.agent_text = sent
+            record.agent_text = sent.strip()
         if record.interrupted and stream is not None:
             played = self.output.samples_played / self.output.sample_rate
-            record.heard_text = stream.heard_text(played)
+            heard = stream.heard_text(played)
         elif record.interrupted:
-            record.heard_text = ""
+            heard = ""
         else:
-            record.heard_text = sent
-        if record.heard_text or not record.interrupted:
-            self.history.append(
-                ChatMessage("assistant", record.heard_text, interrupted=record.interrupted)
-            )
+            heard = sent.strip()
+        record.heard_text = heard
+        start = 0
+        for tool_round, upto in self._tool_rounds:
+            message = tool_round.messages()[0]
+            if record.interrupted:
+                message.content = _part(heard, sent, start, upto)
+                message.interrupted = len(heard) < len(sent[:upto].strip())
+            self._sync_tools(record, tool_round)
+            start = upto
+        tail = _part(heard, sent, start, len(sent)) if self._tool_rounds else heard
+        self._tool_rounds = []
+        if tail or not record.interrupted:
+            self.history.append(ChatMessage("assistant", tail, interrupted=record.interrupted))
         record.timeline.mark("turn_end", self.clock.now())
+
+    def _sync_tools(self, record: TurnRecord, tool_round: ToolRound) -> None:
+        """Results that landed while the turn was being cancelled (cancelled tools)."""
+        now = self.clock.now()
+        for result in tool_round.results:
+            self._land_tool(record, result, now)
+
+    def late_result(self, record: TurnRecord, result: ToolResult) -> None:
+        """A kept tool finished after its turn was interrupted: recorded, not spoken."""
+        self._land_tool(record, result, self.clock.now())
+
+
+def tool_outcome(result: ToolResult) -> str:
+    """ok, error, timeout or cancelled, for records and events."""
+    if result.kind in ("ok", "timeout", "cancelled", "pending"):
+        return result.kind
+    return "error"
+
+
+def _part(heard: str, sent: str, start: int, end: int) -> str:
+    """The heard part of ``sent[start:end]``: ``heard`` is a word prefix of ``sent``."""
+    offset = len(sent[:start].strip())
+    length = len(sent[start:end].strip())
+    if start and heard[offset : offset + 1] == " ":
+        offset += 1
+    return heard[offset : offset + length].strip()

@@ -42,6 +42,8 @@ MARKS: dict[str, str] = {
     "transcript": "STT returned the transcript",
     "llm_request": "the chat completion request went out",
     "first_token": "the LLM's first text delta arrived",
+    "first_tool_call": "the model's first tool calls were complete",
+    "tool_results": "the last tool round had every result",
     "first_text_sent": "the first text reached the TTS socket",
     "first_audio_byte": "the TTS's first audio arrived",
     "first_audio_played": "the output played the answer's first sample",
@@ -83,6 +85,7 @@ LATENCIES: dict[str, Latency] = {
         "user_speech_end", "first_audio_played", "the user stopped to the agent audible"
     ),
     "last_token_to_flush": Latency("last_token", "flush_sent", "last token to the flush"),
+    "tools": Latency("first_tool_call", "tool_results", "the tool rounds, calls to results"),
     "barge_in_reaction": Latency(
         "barge_in_onset", "output_silent", "the user's voice over the agent to the agent silent"
     ),

@@ -70,12 +70,15 @@ from agent.toolschema import SchemaError, function_spec, validate
 __all__ = [
     "DEFAULT_TIMEOUT",
     "InvalidHistory",
+    "ReplyChunk",
     "SchemaError",
     "Tool",
     "ToolBox",
     "ToolContext",
     "ToolResult",
     "ToolRound",
+    "ToolsFinished",
+    "ToolsStarted",
     "append_tool_round",
     "check_history",
     "reply_with_tools",
@@ -351,7 +354,9 @@ class ToolRound:
             if deadline.cancelled_caught:
                 log.warning("tool %s timed out after %g s", chosen.name, chosen.timeout)
                 result = ToolResult.failure(
-                    call, "timeout", f"the tool timed out after {chosen.timeout:g} s",
+                    call,
+                    "timeout",
+                    f"the tool timed out after {chosen.timeout:g} s",
                     seconds=time.monotonic() - started,
                 )
         except anyio.get_cancelled_exc_class():
@@ -508,8 +513,11 @@ def _success(call: ToolCall, value: Any, seconds: float) -> ToolResult:
     except (TypeError, ValueError) as exc:
         log.warning("tool %s returned a value that is not JSON: %s", call.name, exc)
         return ToolResult.failure(
-            call, "error", f"the tool returned a value that cannot be sent as JSON ({exc})",
-            value=value, seconds=seconds,
+            call,
+            "error",
+            f"the tool returned a value that cannot be sent as JSON ({exc})",
+            value=value,
+            seconds=seconds,
         )
     return ToolResult(call, "ok", content, value, seconds)
 
@@ -574,28 +582,53 @@ def check_history(messages: Sequence[ChatMessage]) -> None:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class ToolsStarted:
+    """The model called tools: ``text`` is what it said before the calls (already yielded);
+    the round is recorded in the history and about to run."""
+
+    round: ToolRound
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolsFinished:
+    """Every call of the round has its result (in the history too); the follow-up streams next."""
+
+    round: ToolRound
+
+
+#: What `reply_with_tools` yields: the reply's text as it arrives, and the tool rounds' edges.
+ReplyChunk = TextDelta | ToolsStarted | ToolsFinished
+
+
 async def reply_with_tools(
     llm: LLM,
     history: MutableSequence[ChatMessage],
-    toolbox: ToolBox,
+    toolbox: ToolBox | None,
     *,
     max_rounds: int = 4,
-) -> AsyncGenerator[TextDelta, None]:
-    """One agent reply with tool rounds: yield the text of every round as it arrives.
+    record_reply: bool = True,
+) -> AsyncGenerator[ReplyChunk, None]:
+    """One agent reply with tool rounds: the text of every round as it arrives, and each
+    round's `ToolsStarted` / `ToolsFinished` around its run (a turn flushes the text said before
+    the calls at the first, and may speak a filler while it waits for the second).
 
     Streams with the toolbox's tools; when the model calls tools, records the round in
     ``history`` (`append_tool_round`), runs it and streams the follow-up, up to ``max_rounds``
-    rounds (the last request offers no tools, so the model answers in words). The final text is
-    appended as an assistant message when the reply completes.
+    rounds (the last request offers no tools, so the model answers in words). With
+    ``record_reply`` the final text is appended as an assistant message when the reply
+    completes (a voice turn passes False: it records what was heard). Without a toolbox, no
+    tools are offered and calls the model makes anyway are dropped with a warning.
 
     Cancelling the consumer (or closing the generator) mid-round cancels the interruptible
-    tools and leaves the history valid; the final text is then not appended (the caller knows
-    what was heard and records that).
+    tools and leaves the history valid; the final text is then not appended.
     """
     for round_number in range(max_rounds + 1):
         parts: list[str] = []
         calls: list[ToolCall] = []
-        tools = toolbox.schemas if round_number < max_rounds else ()
+        offered = toolbox is not None and round_number < max_rounds
+        tools = toolbox.schemas if offered and toolbox is not None else ()
         async with aclosing(llm.stream(history, tools=tools)) as stream:
             async for chunk in stream:
                 if isinstance(chunk, TextDelta):
@@ -604,11 +637,16 @@ async def reply_with_tools(
                 else:
                     calls.append(chunk)
         text = "".join(parts)
+        if calls and toolbox is None:
+            log.warning("the model called %s, but this agent has no tools", [c.name for c in calls])
+            calls = []
         if not calls:
-            if text:
+            if text and record_reply:
                 history.append(ChatMessage("assistant", text))
             return
+        assert toolbox is not None
         pending = toolbox.round(calls)
         append_tool_round(history, pending, text)
+        yield ToolsStarted(pending, text)
         await pending.run()
-
+        yield ToolsFinished(pending)

@@ -17,9 +17,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -32,6 +33,7 @@ from agent.echo import EchoConfig, EchoGuard
 from agent.errors import AudioDeviceError
 from agent.events import (
     AgentSaid,
+    Dtmf,
     ErrorEvent,
     Event,
     Interrupted,
@@ -41,6 +43,7 @@ from agent.events import (
 )
 from agent.interfaces import LLM, STT, TTS, ChatMessage, Transport
 from agent.session import Session
+from agent.tools import Tool, ToolBox, ToolResult
 from agent.turntaking import (
     Action,
     BargeInRules,
@@ -79,6 +82,9 @@ class AgentOptions:
     echo: EchoConfig = field(default_factory=EchoConfig)
     min_transcript_chars: int = 2
     sentence_mode: bool = False
+    max_tool_rounds: int = 4
+    tool_filler: str = "One moment."  # said when tools take longer than tool_filler_delay
+    tool_filler_delay: float = 0.7
 
 
 class Agent:
@@ -93,12 +99,14 @@ class Agent:
         llm: LLM,
         tts: TTS,
         instructions: str = "",
+        tools: Sequence[Tool[..., Any]] = (),
         options: AgentOptions | None = None,
     ) -> None:
         self.stt = stt
         self.llm = llm
         self.tts = tts
         self.instructions = instructions
+        self.tools = tuple(tools)
         self.options = options or AgentOptions()
 
     @asynccontextmanager
@@ -113,7 +121,7 @@ class Agent:
         lost (listening stopped at once, the running turn ended as on a hang-up).
         """
         conversation = Conversation(self, transport)
-        async with anyio.create_task_group() as tg:
+        async with conversation.toolbox, anyio.create_task_group() as tg:
             conversation._start(tg)
             try:
                 yield conversation
@@ -149,6 +157,7 @@ class Conversation:
         self.detector = vad.SpeechDetector(config)
         self.guard = EchoGuard(options.echo)
         self.floor: TurnTaking[Utterance] = TurnTaking(options.barge_in)
+        self.toolbox = ToolBox(agent.tools, context=self, on_late_result=self._late_result)
         self.session = Session(
             agent.llm,
             agent.tts,
@@ -157,7 +166,13 @@ class Conversation:
             clock=transport,
             sentence_mode=options.sentence_mode,
             on_event=self._emit,
+            toolbox=self.toolbox if agent.tools else None,
+            max_tool_rounds=options.max_tool_rounds,
+            tool_filler=options.tool_filler,
+            tool_filler_delay=options.tool_filler_delay,
         )
+        self._end_requested = False
+        self._digits: list[str] = []
         self.log = ConversationLog(sample_rate=transport.sample_rate)
         self.finished = anyio.Event()
         self.device_error: AudioDeviceError | None = None
@@ -195,10 +210,25 @@ class Conversation:
 
     def speaking_for(self) -> float:
         """Seconds the running turn's answer has been audible (0 before its first sample)."""
+        if self._running is None or self._running[0].at("first_audio_byte") is None:
+            return 0.0  # no audio of this turn yet (the output still reports the last turn's)
         first = self.output.first_played_at
-        if self._running is None or first is None:
-            return 0.0
-        return max(0.0, self.transport.now() - first)
+        return 0.0 if first is None else max(0.0, self.transport.now() - first)
+
+    def end_after_turn(self) -> None:
+        """Hang up once the running turn has been spoken (the `end_call` tool)."""
+        self._end_requested = True
+
+    def press(self, digit: str) -> None:
+        """A key the caller pressed (phone transports call this): a `Dtmf` event, kept for the
+        `read_digits` tool."""
+        self._digits.append(digit)
+        self._emit(Dtmf(digit, self.transport.now()))
+
+    def take_digits(self) -> str:
+        """The keys pressed since the last call (the `read_digits` tool)."""
+        digits, self._digits = "".join(self._digits), []
+        return digits
 
     def hang_up(self) -> None:
         """End the conversation: stop listening, cancel the running turn (the history keeps
@@ -312,6 +342,8 @@ class Conversation:
             self._running = None
             self._settle(record)
             self._feed(TurnEnded(record.index), self.transport.now())
+            if self._end_requested:
+                self.hang_up()
 
     async def _answer(self, record: TurnRecord, utterance: Utterance) -> None:
         transcript = await self.agent.stt.transcribe(
@@ -349,8 +381,9 @@ class Conversation:
                 Segment("agent", first, end, record.heard_text, record.interrupted)
             )
         timeline.mark_first("turn_end", now)
-        if record.error and record.error != "nothing understood":
-            self._emit(ErrorEvent(record.index, record.error, now))
+        lost = self.device_error is not None and record.error == str(self.device_error)
+        if record.error and record.error != "nothing understood" and not lost:
+            self._emit(ErrorEvent(record.index, record.error, now))  # the conversation goes on
         if record.agent_text or record.heard_text:
             self._emit(
                 AgentSaid(
@@ -374,6 +407,13 @@ class Conversation:
             log.warning("audio device lost, conversation ended: %s", error)
             self._emit(ErrorEvent(None, str(error), self.transport.now()))
         self._listening.cancel()
+
+    def _late_result(self, result: ToolResult) -> None:
+        """A tool kept running past its interrupted turn finished: record it (not spoken)."""
+        for record in reversed(self.log.turns):
+            if any(entry.call_id == result.call.id for entry in record.tools):
+                self.session.late_result(record, result)
+                return
 
     def _emit(self, event: Event) -> None:
         try:

@@ -100,10 +100,14 @@ async def run(episodes: int) -> dict[str, Any]:
             close_frames.append(when)
 
     async with ScriptedChatServer(replies) as fake, LocalTTSServer(engine) as server:
-        llm = ClosingClock(OpenAILLM("scripted", base_url=fake.base_url))
-        async with ElevenLabsTTS(
-            TTSConfig(output_format=f"pcm_{RATE}"), base_url=server.url, frame_listener=wire
-        ) as tts:
+        openai_llm = OpenAILLM("scripted", base_url=fake.base_url)
+        llm = ClosingClock(openai_llm)
+        async with (
+            openai_llm,
+            ElevenLabsTTS(
+                TTSConfig(output_format=f"pcm_{RATE}"), base_url=server.url, frame_listener=wire
+            ) as tts,
+        ):
             agent = Agent(
                 stt=stt,
                 llm=llm,

@@ -45,9 +45,12 @@ async def run(concurrency: int) -> list[CallResult]:
     async with running_phone_server(app) as url:
 
         async def one(i: int) -> None:
-            script = CallScript(steps=[Say(SPEECH, after_bot_audio=0.5)],
-                                hang_up_after_silence=0.4, max_seconds=10.0,
-                                call_sid=f"CA{i:032d}")
+            script = CallScript(
+                steps=[Say(SPEECH, after_bot_audio=0.5)],
+                hang_up_after_silence=0.4,
+                max_seconds=10.0,
+                call_sid=f"CA{i:032d}",
+            )
             results.append(await place_call(url, script))
 
         with anyio.fail_after(30):
@@ -76,13 +79,24 @@ def main() -> None:
         reaction = summary([r.barge_in_reactions[0] for r in results if r.barge_in_reactions])
         first = summary([r.response_latencies[0] for r in results if r.response_latencies])
         gap = max(max_gap(r) for r in results)
-        data[f"{n}_calls"] = {"barge_in_reaction_s": reaction, "first_audio_s": first,
-                              "max_frame_gap_s": gap}
+        data[f"{n}_calls"] = {
+            "barge_in_reaction_s": reaction,
+            "first_audio_s": first,
+            "max_frame_gap_s": gap,
+        }
         rows += [
-            (f"{n} calls: barge-in reaction p95", f"{reaction['p95'] * 1000:.0f} ms", "150 ms",
-             verdict(reaction["p95"], 0.150)),
-            (f"{n} calls: first audio p95", f"{first['p95'] * 1000:.0f} ms", "350 ms",
-             verdict(first["p95"], 0.350)),
+            (
+                f"{n} calls: barge-in reaction p95",
+                f"{reaction['p95'] * 1000:.0f} ms",
+                "150 ms",
+                verdict(reaction["p95"], 0.150),
+            ),
+            (
+                f"{n} calls: first audio p95",
+                f"{first['p95'] * 1000:.0f} ms",
+                "350 ms",
+                verdict(first["p95"], 0.350),
+            ),
             (f"{n} calls: max frame gap", f"{gap * 1000:.0f} ms", "60 ms", verdict(gap, 0.060)),
         ]
     print_table("phone calls over loopback (ToneBot, our caller)", rows)

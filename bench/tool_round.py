@@ -29,7 +29,7 @@ from typing import Any
 
 import anyio
 
-from agent.interfaces import ChatMessage, LLMChunk, ToolCall, ToolSchema
+from agent.interfaces import ChatMessage, LLMChunk, TextDelta, ToolCall, ToolSchema
 from agent.tools import Tool, ToolBox, append_tool_round, check_history, reply_with_tools, tool
 from bench._report import print_table, summary, verdict, write_json
 from plugins.openai.chat_format import wire_messages
@@ -100,7 +100,7 @@ async def measure(the_tool: Tool[..., Any], rounds: int, warmup: int) -> dict[st
             llm.stream_at.clear()
             before = len(server.chat_requests)
             async with aclosing(reply_with_tools(llm, history, box)) as reply:
-                text = "".join([delta.text async for delta in reply])
+                text = "".join([d.text async for d in reply if isinstance(d, TextDelta)])
             assert text == "Checking.Both are clear.", text
             check_history(history)
             follow_up = server.chat_requests[before + 1]
@@ -112,8 +112,10 @@ async def measure(the_tool: Tool[..., Any], rounds: int, warmup: int) -> dict[st
 
 async def measure_in_process(the_tool: Tool[..., Any], rounds: int) -> list[float]:
     """The framework's part alone: ToolBox round, history, check and wire body (no HTTP)."""
-    calls = [ToolCall("call_a", "lookup", '{"city": "Oslo"}'),
-             ToolCall("call_b", "lookup", '{"city": "Rome"}')]
+    calls = [
+        ToolCall("call_a", "lookup", '{"city": "Oslo"}'),
+        ToolCall("call_b", "lookup", '{"city": "Rome"}'),
+    ]
     spent: list[float] = []
     async with ToolBox([the_tool]) as box:
         for _ in range(rounds):
@@ -140,16 +142,26 @@ def main() -> None:
         measured = anyio.run(measure, the_tool, args.rounds, args.warmup)
         loop, request = summary(measured["loop"]), summary(measured["request"])
         alone = summary(anyio.run(measure_in_process, the_tool, args.rounds))
-        results[label] = {"finish_to_followup_stream_ms": loop,
-                          "finish_to_followup_request_ms": request,
-                          "toolbox_history_wire_ms": alone}
+        results[label] = {
+            "finish_to_followup_stream_ms": loop,
+            "finish_to_followup_request_ms": request,
+            "toolbox_history_wire_ms": alone,
+        }
         rows += [
-            (f"{label}: ToolBox round + history + wire body median", f"{alone['median']:.3f} ms",
-             "", ""),
+            (
+                f"{label}: ToolBox round + history + wire body median",
+                f"{alone['median']:.3f} ms",
+                "",
+                "",
+            ),
             (f"{label}: finish -> follow-up stream() median", f"{loop['median']:.3f} ms", "", ""),
             (f"{label}: finish -> follow-up stream() p95", f"{loop['p95']:.3f} ms", "", ""),
-            (f"{label}: finish -> request at server median", f"{request['median']:.3f} ms",
-             f"<= {TARGET_MS:g} ms", verdict(request["median"], TARGET_MS)),
+            (
+                f"{label}: finish -> request at server median",
+                f"{request['median']:.3f} ms",
+                f"<= {TARGET_MS:g} ms",
+                verdict(request["median"], TARGET_MS),
+            ),
             (f"{label}: finish -> request at server p95", f"{request['p95']:.3f} ms", "", ""),
         ]
     print_table(

@@ -111,7 +111,7 @@ async def sdk_throughput(n_tokens: int) -> float:
     async with ScriptedChatServer([tokens(*toks)]) as fake, silent_server_process() as url:
         llm = OpenAILLM("scripted", base_url=fake.base_url, max_tokens=None)
         config = TTSConfig(output_format="pcm_16000", voice_id="silent")
-        async with ElevenLabsTTS(config, base_url=url) as tts:
+        async with llm, ElevenLabsTTS(config, base_url=url) as tts:
             with tempfile.TemporaryDirectory() as tmp:
                 session = Session(llm, tts, WavFileOutput(16000, Path(tmp)))
                 result = await session.respond("talk")
@@ -136,9 +136,10 @@ async def real_engines(turns: int) -> dict[str, Any]:
     engine = await anyio.to_thread.run_sync(PiperEngine.load)
     async with LocalLLMServer() as llm_server, LocalTTSServer(engine) as tts_server:
         llm = OpenAILLM("smollm2", base_url=llm_server.base_url, max_tokens=60)
-        async with ElevenLabsTTS(
-            TTSConfig(output_format="pcm_16000"), base_url=tts_server.url
-        ) as tts:
+        async with (
+            llm,
+            ElevenLabsTTS(TTSConfig(output_format="pcm_16000"), base_url=tts_server.url) as tts,
+        ):
             with tempfile.TemporaryDirectory() as tmp:
                 session = Session(
                     llm,

@@ -58,7 +58,7 @@ async def converse(
     async with ScriptedChatServer(list(replies)) as fake, LocalTTSServer(piper_engine) as tts_srv:
         llm = OpenAILLM("scripted", base_url=fake.base_url)
         config = TTSConfig(output_format=f"pcm_{RATE}")
-        async with ElevenLabsTTS(config, base_url=tts_srv.url) as tts:
+        async with llm, ElevenLabsTTS(config, base_url=tts_srv.url) as tts:
             agent = Agent(
                 stt=whisper_stt,
                 llm=llm,

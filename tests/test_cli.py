@@ -115,7 +115,7 @@ def test_chat_reads_piped_turns_and_writes_audio(tmp_path: Path) -> None:
     assert "ttft" in out.stderr
     events = [json.loads(line) for line in metrics.read_text().splitlines()]
     assert [e["turn"] for e in events] == [1, 2]
-    assert all(e["event"] == "turn" and e["durations_ms"]["ttft"] for e in events), events
+    assert all(e["event"] == "turn" and e["latencies_ms"]["ttft"] for e in events), events
 
 
 def test_chat_without_a_speaker_falls_back_to_files(tmp_path: Path) -> None:

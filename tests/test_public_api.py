@@ -82,7 +82,7 @@ def test_readme_agent_runs_offline_as_shown(piper_engine: Any, tmp_path: Path) -
     pcm = b"".join(chunk.pcm for chunk in piper_engine.synthesize("What color is the sky?"))
     question = tmp_path / "question.wav"
     write_wav(question, pcm, piper_engine.sample_rate)
-    script = tmp_path / "agent.py"
+    script = tmp_path / "my_agent.py"  # not agent.py: that would shadow the package
     script.write_text(readme_agent(), encoding="utf-8")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run(

@@ -119,7 +119,7 @@ async def test_the_follow_up_carries_the_calls_and_one_tool_message_per_id() -> 
         ToolBox([get_weather]) as box,
     ):
         async with aclosing(reply_with_tools(llm, history, box)) as reply:
-            spoken = [delta.text async for delta in reply]
+            spoken = [d.text async for d in reply if isinstance(d, TextDelta)]
     assert spoken == ["Checking. ", "Oslo and Rome ", "are both clear."]
     first, follow_up = server.chat_requests
     assert follow_up.messages == [
@@ -163,7 +163,7 @@ async def test_a_failed_call_is_answered_with_its_error(
         ToolBox([get_weather, explode, slow]) as box,
     ):
         async with aclosing(reply_with_tools(llm, history, box)) as reply:
-            spoken = [delta.text async for delta in reply]
+            spoken = [d.text async for d in reply if isinstance(d, TextDelta)]
     assert spoken == ["Sorry, that failed."]
     tool_message = server.chat_requests[1].messages[-1]
     assert tool_message["role"] == "tool" and tool_message["tool_call_id"] == "c1"
@@ -181,7 +181,7 @@ async def test_a_call_without_an_id_gets_one_that_the_follow_up_uses() -> None:
         ToolBox([get_weather]) as box,
     ):
         async with aclosing(reply_with_tools(llm, history, box)) as stream:
-            assert [d.text async for d in stream] == ["Clear."]
+            assert [d.text async for d in stream if isinstance(d, TextDelta)] == ["Clear."]
     assistant, answer = server.chat_requests[1].messages[1:3]
     call_id = assistant["tool_calls"][0]["id"]
     assert call_id.startswith("call_") and answer["tool_call_id"] == call_id
@@ -196,7 +196,7 @@ async def test_rounds_stop_after_max_rounds_with_a_request_offering_no_tools() -
         ToolBox([get_weather]) as box,
     ):
         async with aclosing(reply_with_tools(llm, history, box, max_rounds=2)) as stream:
-            assert [d.text async for d in stream] == ["Done."]
+            assert [d.text async for d in stream if isinstance(d, TextDelta)] == ["Done."]
     assert ["tools" in r.body for r in server.chat_requests] == [True, True, False]
     check_history(history)
 

@@ -96,15 +96,10 @@ async def test_real_local_llm_turn_streams_into_the_socket(
 
     wire = WireLog()
     async with LocalLLMServer() as llm_server, LocalTTSServer(piper_engine) as tts_server:
-        llm = RecordingLLM(
-            OpenAILLM(
-                "smollm2",
-                base_url=llm_server.base_url,
-                max_tokens=60,
-            )
-        )
+        openai_llm = OpenAILLM("smollm2", base_url=llm_server.base_url, max_tokens=60)
+        llm = RecordingLLM(openai_llm)
         output = WavFileOutput(16000, tmp_path)
-        async with ElevenLabsTTS(
+        async with openai_llm, ElevenLabsTTS(
             TTSConfig(output_format="pcm_16000"), base_url=tts_server.url, frame_listener=wire
         ) as tts:
             session = Session(
@@ -137,9 +132,12 @@ async def run_scripted(
     results = []
     async with ScriptedChatServer(replies) as fake, LocalTTSServer(piper_engine) as tts_server:
         llm = OpenAILLM("scripted", base_url=fake.base_url, **llm_kw)
-        async with ElevenLabsTTS(
-            TTSConfig(output_format="pcm_16000"), base_url=tts_server.url, frame_listener=wire
-        ) as tts:
+        async with (
+            llm,
+            ElevenLabsTTS(
+                TTSConfig(output_format="pcm_16000"), base_url=tts_server.url, frame_listener=wire
+            ) as tts,
+        ):
             session = Session(llm, tts, WavFileOutput(16000, tmp_path))
             for prompt in prompts:
                 with anyio.fail_after(30):

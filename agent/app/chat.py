@@ -23,9 +23,11 @@ from agent.app.compose import (
     AgentSettings,
     Progress,
     llm_endpoint,
+    load_tools,
     make_llm,
     make_tts,
     stderr_progress,
+    tools_notice,
     tts_endpoint,
 )
 from agent.conversation import TurnRecord
@@ -34,6 +36,7 @@ from agent.file_output import WavFileOutput
 from agent.interfaces import AudioOutput
 from agent.session import Session
 from agent.timeline import MonotonicClock
+from agent.tools import ToolBox
 
 
 def add_agent_options(p: argparse.ArgumentParser) -> None:
@@ -66,6 +69,11 @@ def add_agent_options(p: argparse.ArgumentParser) -> None:
         help="cap on each answer's length (default: %(default)s)",
     )
     p.add_argument(
+        "--tools",
+        metavar="FILE",
+        help="a Python file whose @tool functions the agent may call (see examples/tool_agent.py)",
+    )
+    p.add_argument(
         "--sentence-mode",
         action="store_true",
         help="send whole sentences to TTS instead of words as they arrive",
@@ -81,6 +89,7 @@ def settings_from(args: argparse.Namespace) -> AgentSettings:
         instructions=args.instructions,
         max_tokens=args.max_tokens,
         sentence_mode=args.sentence_mode,
+        tools_file=args.tools,
     )
 
 
@@ -119,13 +128,27 @@ def metrics_writer(path: str | None) -> Callable[[TurnRecord], None]:
     metrics_log = logging.getLogger("voxloop.metrics")
 
     def write(record: TurnRecord) -> None:
-        event = {"event": "turn", **record.to_dict()}
+        event = {"event": "turn", "turn": record.index, **record.to_dict()}
         metrics_log.info(json.dumps(event))
         if path:
             with open(path, "a", encoding="utf-8") as out:
                 out.write(json.dumps(event) + "\n")
 
     return write
+
+
+class ChatLine:
+    """What the built-in voice tools reach in a typed chat: `end_call` ends it after the
+    answer; there is no keypad."""
+
+    def __init__(self) -> None:
+        self.ended = False
+
+    def end_after_turn(self) -> None:
+        self.ended = True
+
+    def take_digits(self) -> str:
+        return ""
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
@@ -148,6 +171,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
         structured(record)
 
     clock = MonotonicClock()
+    tools = load_tools(settings.tools_file)
+    chat = ChatLine()
 
     async def main() -> None:
         async with (
@@ -160,7 +185,9 @@ def cmd_chat(args: argparse.Namespace) -> int:
             async with (
                 make_llm(settings, llm_ep) as llm,
                 make_tts(settings, tts_ep, settings.sample_rate) as tts,
+                ToolBox(tools, context=chat) as toolbox,
             ):
+                tools_notice(llm, tools, progress)
                 session = Session(
                     llm,
                     tts,
@@ -169,9 +196,10 @@ def cmd_chat(args: argparse.Namespace) -> int:
                     clock=clock,
                     sentence_mode=settings.sentence_mode,
                     on_event=show_text,
+                    toolbox=toolbox if tools else None,
                 )
                 n = 0
-                while True:
+                while not chat.ended:
                     if scripted is not None:
                         if n >= len(scripted):
                             break

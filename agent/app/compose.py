@@ -11,15 +11,19 @@ Rules, per stage:
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from agent.errors import VoxloopError
 from agent.interfaces import STT
+from agent.tools import Tool
 
 if TYPE_CHECKING:
     from plugins.elevenlabs.client import ElevenLabsTTS
@@ -53,6 +57,7 @@ class AgentSettings:
     temperature: float = 0.3
     sentence_mode: bool = False
     sample_rate: int = 16000
+    tools_file: str | None = None
 
 
 def stderr_progress(prefix: str = "voxloop") -> Progress:
@@ -176,7 +181,46 @@ def make_llm(settings: AgentSettings, ep: Endpoint) -> OpenAILLM:
         max_tokens=settings.max_tokens,
         base_url=ep.url,
         api_key=ep.api_key,
+        # The embedded SmolLM2-135M never calls a tool (measured), and llama-cpp-python's
+        # server cannot stream a freely chosen call: say so once instead of pretending.
+        can_call_tools=not ep.local,
     )
+
+
+def load_tools(path: str | None) -> list[Tool[..., Any]]:
+    """The `@tool` functions defined in the Python file ``path`` (none when ``path`` is None).
+
+    Raises `VoxloopError` naming the file when it cannot be loaded or defines no tool."""
+    if path is None:
+        return []
+    file = Path(path)
+    if not file.is_file():
+        raise VoxloopError(
+            f"--tools {path}: no such file (give a Python file with @tool functions)"
+        )
+    spec = importlib.util.spec_from_file_location(f"voxloop_tools_{file.stem}", file)
+    if spec is None or spec.loader is None:
+        raise VoxloopError(f"--tools {path}: not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as err:
+        raise VoxloopError(f"--tools {path}: loading it failed: {err!r}") from err
+    found = [value for value in vars(module).values() if isinstance(value, Tool)]
+    if not found:
+        raise VoxloopError(
+            f"--tools {path}: defines no tool; decorate functions with @tool "
+            "(from agent import tool)"
+        )
+    return found
+
+
+def tools_notice(llm: OpenAILLM, tools: Sequence[Tool[..., Any]], progress: Progress) -> None:
+    """Say once, at start, which tools the agent has, or that its model cannot call them."""
+    if not tools:
+        return
+    warning = llm.tool_warning([each.schema for each in tools])
+    progress(warning or f"tools: {', '.join(each.name for each in tools)}")
 
 
 def make_tts(

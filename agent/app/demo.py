@@ -199,11 +199,11 @@ def add_tts_timings(log: ConversationLog, contexts: Sequence[Any]) -> None:
     answered = [t for t in log.turns if t.at("first_text_sent") is not None]
     for record, ctx in zip(answered, contexts, strict=False):
         first_token = record.at("first_token")
-        if first_token is None or ctx.first_synthesize_at is None or ctx.first_text_at is None:
+        if first_token is None or ctx.first_synthesize_at is None:
             continue
-        waited = ctx.first_synthesize_at - ctx.first_text_at
-        sent = (record.at("first_text_sent") or first_token) - first_token
-        record.durations_ms["llm_until_tts"] = round((sent + waited) * 1000, 2)
+        record.durations_ms["llm_until_tts"] = round(
+            (ctx.first_synthesize_at - first_token) * 1000, 2
+        )
         if ctx.engine_first_chunk_s is not None:
             record.durations_ms["tts_engine"] = round(ctx.engine_first_chunk_s * 1000, 2)
 

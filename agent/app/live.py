@@ -18,9 +18,11 @@ from agent.app.compose import (
     AgentSettings,
     llm_endpoint,
     load_stt,
+    load_tools,
     make_llm,
     make_tts,
     stderr_progress,
+    tools_notice,
     tts_endpoint,
 )
 from agent.conversation import TurnRecord
@@ -65,6 +67,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     settings: AgentSettings = settings_from(args)
     progress = stderr_progress("run")
+    tools = load_tools(settings.tools_file)
 
     def on_turn(record: TurnRecord) -> None:
         print()
@@ -87,11 +90,13 @@ def cmd_run(args: argparse.Namespace) -> int:
                 make_llm(settings, llm_ep) as llm,
                 make_tts(settings, tts_ep, RATE) as tts,
             ):
+                tools_notice(llm, tools, progress)
                 agent = Agent(
                     stt=stt,
                     llm=llm,
                     tts=tts,
                     instructions=settings.instructions,
+                    tools=tools,
                     options=options_from(args),
                 )
                 print("Speak now (Ctrl-C to stop).", flush=True)

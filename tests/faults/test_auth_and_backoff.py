@@ -22,7 +22,7 @@ import anyio
 import pytest
 
 from agent.errors import LLMAuthError
-from agent.interfaces import ChatMessage
+from agent.interfaces import ChatMessage, TextDelta
 from agent.session import Session
 from plugins.elevenlabs.client import (
     AuthenticationError,
@@ -91,11 +91,13 @@ async def test_tts_key_refused_on_reconnect_mid_session_costs_one_attempt_per_tu
     ):
         llm = OpenAILLM("scripted", base_url=fake_llm.base_url)
         with anyio.fail_after(20):
-            async with ElevenLabsTTS(TTSConfig(max_reconnects=5), base_url=fake_tts.url) as tts:
+            async with (
+                llm,
+                ElevenLabsTTS(TTSConfig(max_reconnects=5), base_url=fake_tts.url) as tts,
+            ):
                 assert await eventually(lambda: tts._socket is not None and not tts._socket.alive)
                 session = Session(llm, tts, MemoryOutput())
                 results = [await session.respond("one"), await session.respond("two")]
-        await llm.aclose()
     assert all(isinstance(r.cause, AuthenticationError) for r in results), results
     assert len(fake_tts.attempts) == 1 + 2, "the first connection, then one attempt per turn"
     assert not fake_llm.chat_requests, "no LLM call for a turn that cannot speak"
@@ -220,7 +222,7 @@ async def test_llm_failures_before_first_token_back_off_capped(
             "scripted", base_url=server.base_url, max_attempts=5, backoff_base=base, backoff_cap=cap
         )
         async with llm, aclosing(llm.stream([ChatMessage("user", "hi")])) as stream:
-            deltas = [delta async for delta in stream]
+            deltas = [chunk.text async for chunk in stream if isinstance(chunk, TextDelta)]
             done = time.monotonic()
     assert deltas == ["Back ", "again."]
     arrivals = [r.received_at for r in server.chat_requests]
@@ -254,9 +256,11 @@ async def test_llm_bad_key_ends_the_turn_after_one_request(
     ):
         llm = OpenAILLM("scripted", base_url=fake_llm.base_url, max_attempts=3)
         with anyio.fail_after(10):
-            async with ElevenLabsTTS(TTSConfig(), base_url=fake_tts.url, frame_listener=wire) as t:
+            async with (
+                llm,
+                ElevenLabsTTS(TTSConfig(), base_url=fake_tts.url, frame_listener=wire) as t,
+            ):
                 result = await Session(llm, t, MemoryOutput()).respond("hi")
-        await llm.aclose()
     assert isinstance(result.cause, LLMAuthError)
     assert len(fake_llm.chat_requests) == 1
     assert result.heard_text == "" and result.at("first_audio_byte") is None

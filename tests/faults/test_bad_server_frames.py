@@ -118,13 +118,12 @@ async def test_malformed_frames_are_dropped_and_never_garble_the_audio(
         llm = OpenAILLM("scripted", base_url=fake_llm.base_url)
         output = MemoryOutput()
         with anyio.fail_after(20):
-            async with ElevenLabsTTS(TTSConfig(), base_url=fake.url) as tts:
+            async with llm, ElevenLabsTTS(TTSConfig(), base_url=fake.url) as tts:
                 session = Session(llm, tts, output)
                 first = await session.respond("one")
                 pcm = bytes(output.pcm)
                 second = await session.respond("two")
                 again = bytes(output.pcm)
-        await llm.aclose()
 
     expected = good[0] + good[1] + good[2] + good[3] + big + good[4]
     assert first.error is None and first.heard_text == "Hello there."

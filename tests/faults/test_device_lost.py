@@ -149,7 +149,10 @@ async def test_device_lost_mid_answer_ends_the_conversation_with_one_clear_error
         config = TTSConfig(output_format=f"pcm_{RATE}")
         transport = SoundDeviceTransport(RATE, block_ms=20, stall_timeout_s=1.0)
         with anyio.fail_after(40):
-            async with ElevenLabsTTS(config, base_url=tts_server.url, frame_listener=wire) as tts:
+            async with (
+                llm,
+                ElevenLabsTTS(config, base_url=tts_server.url, frame_listener=wire) as tts,
+            ):
                 agent = Agent(
                     stt=whisper_stt,
                     llm=llm,
@@ -188,7 +191,6 @@ async def test_device_lost_mid_answer_ends_the_conversation_with_one_clear_error
                     await anyio.sleep(max(0.0, lost_at + 2.0 - time.monotonic()))
                     cpu_seconds = time.process_time() - cpu_at_loss
                     frames_after = frames
-        await llm.aclose()
 
     error = raised.value
     assert type(error) is AudioDeviceError

@@ -49,7 +49,7 @@ async def test_idle_minute_is_kept_alive_and_the_next_turn_works(
     ):
         llm = OpenAILLM("scripted", base_url=fake_llm.base_url, first_token_timeout=60)
         config = TTSConfig(output_format="pcm_16000")
-        async with ElevenLabsTTS(config, base_url=server.url, frame_listener=wire) as tts:
+        async with llm, ElevenLabsTTS(config, base_url=server.url, frame_listener=wire) as tts:
             assert "inactivity_timeout" not in tts.url(), "the server keeps its 20 s default"
             session = Session(llm, tts, MemoryOutput())
             with anyio.fail_after(120):
@@ -59,7 +59,6 @@ async def test_idle_minute_is_kept_alive_and_the_next_turn_works(
                 second = await session.respond("are you there?")
             sock = tts._socket
             assert sock is not None and sock.alive
-        await llm.aclose()
         connections, errors_sent = server.stats.connections, server.stats.errors_sent
 
     assert first.error is None and second.error is None

@@ -79,7 +79,7 @@ async def test_ten_barge_ins_in_one_second_stay_within_the_context_limit(piper_e
     async with ScriptedChatServer([answer]) as fake, LocalTTSServer(piper_engine) as server:
         llm = OpenAILLM("scripted", base_url=fake.base_url)
         config = TTSConfig(output_format="pcm_16000")
-        async with ElevenLabsTTS(config, base_url=server.url) as tts:
+        async with llm, ElevenLabsTTS(config, base_url=server.url) as tts:
             output = PlayoutBuffer(16000, max_seconds=1.0)
             session = Session(llm, tts, output)
             before = len(asyncio.all_tasks())

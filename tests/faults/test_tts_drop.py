@@ -81,16 +81,16 @@ async def test_socket_dropped_mid_turn_ends_the_turn_and_the_next_turn_reconnect
         llm = OpenAILLM("scripted", base_url=fake_llm.base_url)
         output = MemoryOutput()
         with anyio.fail_after(20):
-            async with ElevenLabsTTS(
-                TTSConfig(), base_url=fake_tts.url, frame_listener=wire
-            ) as tts:
+            async with (
+                llm,
+                ElevenLabsTTS(TTSConfig(), base_url=fake_tts.url, frame_listener=wire) as tts,
+            ):
                 session = Session(llm, tts, output)
                 baseline = len(asyncio.all_tasks())
                 one = await session.respond("one")
                 ended_at = time.monotonic()
                 two = await session.respond("two")
                 tasks_after = await settle_tasks(baseline)
-            await llm.aclose()
 
     aborted_at = fake_tts.connections[0].aborted_at
     assert aborted_at is not None
@@ -138,10 +138,9 @@ async def test_socket_dropped_between_turns_is_replaced_quietly(
     ):
         llm = OpenAILLM("scripted", base_url=fake_llm.base_url)
         with anyio.fail_after(20):
-            async with ElevenLabsTTS(TTSConfig(), base_url=fake_tts.url) as tts:
+            async with llm, ElevenLabsTTS(TTSConfig(), base_url=fake_tts.url) as tts:
                 assert await eventually(lambda: tts._socket is not None and not tts._socket.alive)
                 result = await Session(llm, tts, MemoryOutput()).respond("hi")
-        await llm.aclose()
     aborted_at = fake_tts.connections[0].aborted_at
     assert aborted_at is not None
     assert result.error is None and result.heard_text == "Fresh socket."
