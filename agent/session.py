@@ -17,7 +17,7 @@ Every moment is marked on the turn's `TurnTimeline`, on the conversation's one c
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import aclosing
 
 import anyio
@@ -26,7 +26,16 @@ from agent.audio import StreamResampler
 from agent.conversation import ToolRecord, TurnRecord
 from agent.errors import AudioDeviceError, LLMError, VoxloopError, sole
 from agent.events import AgentText, Event, ToolCalled, ToolFinished
-from agent.interfaces import LLM, TTS, AudioOutput, ChatMessage, TextDelta, TTSStream
+from agent.interfaces import (
+    LLM,
+    TTS,
+    AudioOutput,
+    ChatMessage,
+    LLMChunk,
+    TextDelta,
+    ToolSchema,
+    TTSStream,
+)
 from agent.text import TextChunker
 from agent.timeline import Clock, MonotonicClock
 from agent.tools import (
@@ -91,10 +100,13 @@ class Session:
         record: TurnRecord | None = None,
         *,
         on_audio: Callable[[], None] | None = None,
+        say: str | None = None,
     ) -> TurnRecord:
         """Answer ``user_text``; fill and return ``record`` (a new one if None).
 
-        ``on_audio`` is called once, when the answer's first audio reaches the output.
+        ``on_audio`` is called once, when the answer's first audio reaches the output. With
+        ``say``, the agent speaks that text instead of asking the LLM (a greeting) and
+        ``user_text`` is not added to the history.
 
         Cancelling this coroutine (barge-in, hang-up) ends the turn as interrupted: the TTS
         context is aborted and queued audio cleared (shielded, bounded), the history and
@@ -109,14 +121,15 @@ class Session:
         if record is None:
             record = TurnRecord(self.turns)
         record.transcript = record.transcript or user_text
-        self.history.append(ChatMessage("user", user_text))
+        if say is None:
+            self.history.append(ChatMessage("user", user_text))
         self.output.mark()
         stream: TTSStream | None = None
         spoken: list[str] = []
         try:
             stream = await self.tts.open_context()
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self._speak, stream, record, spoken)
+                tg.start_soon(self._speak, stream, record, spoken, say)
                 tg.start_soon(self._play, stream, record, on_audio)
         except BaseException as err:
             # A failure that names its cause (the TTS socket lost mid-turn, an output error)
@@ -138,7 +151,9 @@ class Session:
         self._finish(record, stream, spoken)
         return record
 
-    async def _speak(self, stream: TTSStream, record: TurnRecord, spoken: list[str]) -> None:
+    async def _speak(
+        self, stream: TTSStream, record: TurnRecord, spoken: list[str], say: str | None = None
+    ) -> None:
         """LLM deltas → chunker → socket, with tool rounds between; then exactly one flush
         after the last text, and the close.
 
@@ -152,9 +167,9 @@ class Session:
         filler: anyio.CancelScope | None = None
         timeline.mark("llm_request", clock.now())
         reply = reply_with_tools(
-            self.llm,
+            self.llm if say is None else _Says(say),
             self.history,
-            self.toolbox,
+            self.toolbox if say is None else None,
             max_rounds=self.max_tool_rounds,
             record_reply=False,
         )
@@ -319,6 +334,18 @@ class Session:
     def late_result(self, record: TurnRecord, result: ToolResult) -> None:
         """A kept tool finished after its turn was interrupted: recorded, not spoken."""
         self._land_tool(record, result, self.clock.now())
+
+
+class _Says:
+    """An `LLM` that answers with one fixed text (what `respond(say=...)` speaks)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    async def stream(
+        self, messages: Sequence[ChatMessage], *, tools: Sequence[ToolSchema] = ()
+    ) -> AsyncGenerator[LLMChunk, None]:
+        yield TextDelta(self.text)
 
 
 def tool_outcome(result: ToolResult) -> str:

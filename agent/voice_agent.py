@@ -65,7 +65,7 @@ from agent.turntaking import (
 
 log = logging.getLogger("voxloop.voice")
 
-Utterance = vad.SpeechEnded
+Utterance = vad.SpeechEnded | str  # what the user said, or a text the agent says (`say`)
 EVENT_BUFFER = 512  # events kept for a reader that falls behind; newer ones are dropped beyond
 
 
@@ -215,6 +215,11 @@ class Conversation:
         first = self.output.first_played_at
         return 0.0 if first is None else max(0.0, self.transport.now() - first)
 
+    def say(self, text: str) -> None:
+        """Have the agent say ``text`` as a turn of its own (a greeting), now or, if a turn
+        holds the floor, after it. The user can interrupt it like any answer."""
+        self._feed(SpeechEnded(text), self.transport.now())
+
     def end_after_turn(self) -> None:
         """Hang up once the running turn has been spoken (the `end_call` tool)."""
         self._end_requested = True
@@ -312,9 +317,10 @@ class Conversation:
     def _queue_turn(self, action: StartTurn[Utterance]) -> None:
         utterance = action.utterance
         record = TurnRecord(action.turn)
-        record.timeline.mark("user_speech_start", utterance.t_onset)
-        record.timeline.mark("user_speech_end", utterance.t_end)
-        record.timeline.mark("end_of_turn", utterance.t_confirmed)
+        if not isinstance(utterance, str):
+            record.timeline.mark("user_speech_start", utterance.t_onset)
+            record.timeline.mark("user_speech_end", utterance.t_end)
+            record.timeline.mark("end_of_turn", utterance.t_confirmed)
         self.log.turns.append(record)
         self._turns_in.send_nowait((record, utterance))
 
@@ -346,6 +352,14 @@ class Conversation:
                 self.hang_up()
 
     async def _answer(self, record: TurnRecord, utterance: Utterance) -> None:
+        turn = record.index
+
+        def audio_started() -> None:
+            self._feed(TurnAudioStarted(turn), self.transport.now())
+
+        if isinstance(utterance, str):  # the agent speaks first (a greeting)
+            await self.session.respond("", record, on_audio=audio_started, say=utterance)
+            return
         transcript = await self.agent.stt.transcribe(
             utterance.audio.pcm, utterance.audio.sample_rate
         )
@@ -358,12 +372,7 @@ class Conversation:
         if len(record.transcript) < self.agent.options.min_transcript_chars:
             record.error = "nothing understood"
             return
-        turn = record.index
-        await self.session.respond(
-            record.transcript,
-            record,
-            on_audio=lambda: self._feed(TurnAudioStarted(turn), self.transport.now()),
-        )
+        await self.session.respond(record.transcript, record, on_audio=audio_started)
         if isinstance(record.cause, AudioDeviceError):  # the speaker was lost mid-answer
             self._device_lost(record.cause)
 

@@ -29,7 +29,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from agent.audio import AudioFrame, ulaw_decode, ulaw_encode
 
-from .pacing import OutboundPacer, SendFrame
+from .pacing import FRAME_SECONDS, OutboundPacer, SendFrame
 from .protocol import (
     SAMPLE_RATE,
     BotProtocol,
@@ -82,6 +82,12 @@ class TwilioOutput:
         self._changed = anyio.Event()
         self.closed = False
         self.clears = 0
+        #: the conversation's clock (the call's stream time); set by `TwilioCall`
+        self.clock: Callable[[], float] = anyio.current_time
+        self._first_at: float | None = None  # when this turn's first frame went out
+        self._end_at: float | None = None  # when what was sent so far ends playing
+        #: set to a bytearray to record what went out (PCM16, 8 kHz) on the call's clock
+        self.recording: bytearray | None = None
 
     def _notify(self) -> None:
         self._changed.set()
@@ -113,6 +119,11 @@ class TwilioOutput:
         dropped = self._pacer.clear()
         if self._protocol.start is not None:
             self._protocol.send_clear()
+        now = self.clock()  # Twilio drops what it had not played: the line is silent from now
+        if self._end_at is not None and self._end_at > now:
+            self._end_at = now
+            if self.recording is not None:
+                del self.recording[round(now * SAMPLE_RATE) * 2 :]
         self.clears += 1
         self._wake()
         self._notify()
@@ -125,10 +136,42 @@ class TwilioOutput:
 
     def mark(self) -> None:
         self._pacer.mark()
+        self._first_at = None
 
-    def pause(self) -> None:
-        """Hold queued audio (what Twilio already has, at most the pacer's lead, still plays)."""
+    def pause(self) -> float:
+        """Hold queued audio; return when the caller's line falls silent (what Twilio already
+        has, at most the pacer's lead, still plays), on the call's clock."""
         self._pacer.pause()
+        now = self.clock()
+        return now if self._end_at is None else max(now, self._end_at)
+
+    @property
+    def first_played_at(self) -> float | None:
+        """When this turn's first frame went out (the far end plays it on arrival)."""
+        return self._first_at
+
+    @property
+    def last_played_end(self) -> float | None:
+        """When the audio sent so far ends playing at the far end."""
+        return self._end_at
+
+    @property
+    def level(self) -> float:
+        """The phone network cancels line echo: nothing for an echo guard to compare."""
+        return 0.0
+
+    def _frame_sent(self, ulaw: bytes) -> None:
+        """The write loop sent one 20 ms frame: it plays after what was sent before it."""
+        now = self.clock()
+        if self._first_at is None:
+            self._first_at = now
+        start = max(now, self._end_at or now)
+        self._end_at = start + FRAME_SECONDS
+        if self.recording is not None:
+            at = round(start * SAMPLE_RATE) * 2
+            if len(self.recording) < at:
+                self.recording.extend(bytes(at - len(self.recording)))
+            self.recording[at:] = ulaw_decode(ulaw)
 
     def resume(self) -> None:
         self._pacer.resume()
@@ -172,6 +215,15 @@ class TwilioCall:
         self.ended = anyio.Event()
         self.end_reason = ""
         self.mic_overruns = 0
+        self._mic_samples = 0
+        self._mic_seen_at = anyio.current_time()
+        output.clock = self.now
+
+    def now(self) -> float:
+        """The call's stream time: seconds of caller audio received, plus the time since the
+        last frame (at most one frame), so marks between frames keep their order."""
+        since = min(anyio.current_time() - self._mic_seen_at, FRAME_SECONDS)
+        return self._mic_samples / SAMPLE_RATE + max(0.0, since)
 
     @property
     def call_sid(self) -> str:
@@ -181,6 +233,8 @@ class TwilioCall:
         """The caller's voice, 20 ms PCM16 frames at 8 kHz, until the call ends. Cancelling
         stops reading (frames keep arriving and are dropped once 1 s is queued)."""
         async for frame in self._mic:
+            self._mic_samples += len(frame.pcm) // 2
+            self._mic_seen_at = anyio.current_time()
             yield frame
 
     async def dtmf(self) -> AsyncIterator[str]:
@@ -370,6 +424,7 @@ async def run_call(
                 for action in pacer.tick(now):
                     if isinstance(action, SendFrame):
                         protocol.send_media(action.ulaw)
+                        output._frame_sent(action.ulaw)
                         rec.frames_out += 1
                     else:
                         protocol.send_mark(action.name)

@@ -1,0 +1,366 @@
+"""`voxloop phone`: the voice agent on phone calls (Twilio Media Streams), and `voxloop call`:
+our own caller, to test a phone bot without a Twilio account.
+
+Each call is one conversation: the caller's μ-law 8 kHz audio is decoded for VAD at 8 kHz and
+for STT; the TTS is asked for `ulaw_8000` on a socket of the call's own; what the caller heard
+comes from Twilio's echoed marks; barge-in sends `clear` at once. The engines (STT, the LLM
+endpoint, the local TTS server) are shared by all calls of the process. When a call ends (the
+caller's `stop`, or the agent's `end_call`) its recording, transcript and metrics are written
+to ``--out/<CallSid>/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
+
+import anyio
+
+from agent.app.chat import add_agent_options, settings_from
+from agent.app.compose import (
+    AgentSettings,
+    LLMEndpoint,
+    TTSEndpoint,
+    llm_endpoint,
+    load_stt,
+    load_tools,
+    make_llm,
+    make_tts,
+    stderr_progress,
+    tools_notice,
+    tts_endpoint,
+)
+from agent.app.live import add_listening_options, options_from
+from agent.audio import read_wav, resample, write_stereo_wav
+from agent.echo import EchoConfig
+from agent.errors import VoxloopError
+from agent.events import AgentSaid, Dtmf, ErrorEvent, Interrupted, UserSaid
+from agent.interfaces import LLM, STT
+from agent.tools import Tool
+from agent.voice_agent import Agent, AgentOptions, Conversation
+
+if TYPE_CHECKING:
+    from plugins.twilio import CallResult, TwilioCall
+
+log = logging.getLogger("voxloop.phone")
+
+RATE = 8000
+DEFAULT_GREETING = "Hello! How can I help you today?"
+
+
+class PhoneBot:
+    """The per-call work of `voxloop phone`: one conversation per `TwilioCall`."""
+
+    def __init__(
+        self,
+        *,
+        settings: AgentSettings,
+        options: AgentOptions,
+        stt: STT,
+        llm: LLM,
+        tts_endpoint: TTSEndpoint,
+        tools: Sequence[Tool[..., Any]] = (),
+        greeting: str | None = DEFAULT_GREETING,
+        out_dir: Path | None = None,
+        say: Callable[[str], None] = print,
+    ) -> None:
+        self.settings = settings
+        self.options = options
+        self.stt = stt
+        self.llm = llm
+        self.tts_endpoint = tts_endpoint
+        self.tools = tuple(tools)
+        self.greeting = greeting
+        self.out_dir = out_dir
+        self.say = say
+        self.finished: list[Conversation] = []  # the conversations of ended calls (tests read it)
+
+    async def __call__(self, call: TwilioCall) -> None:
+        """Converse on ``call`` until it ends (the caller hangs up, or `end_call`); then write
+        its files. Cancelling ends the conversation (cleanup shielded) and writes nothing."""
+        sid = call.call_sid or "call"
+        call.output.recording = bytearray()
+        caller = bytearray()
+        self.say(f"[{sid}] call from {call.info.custom_parameters.get('From', 'unknown')}")
+        async with make_tts(
+            self.settings, self.tts_endpoint, RATE, output_format="ulaw_8000"
+        ) as tts:
+            agent = Agent(
+                stt=self.stt,
+                llm=self.llm,
+                tts=tts,
+                instructions=self.settings.instructions,
+                tools=self.tools,
+                options=self.options,
+            )
+            line = _RecordedLine(call, caller)
+            async with agent.conversation(line) as conversation, anyio.create_task_group() as tg:
+                tg.start_soon(_forward_keys, call, conversation)
+                if self.greeting:
+                    conversation.say(self.greeting)
+                async for event in conversation:
+                    self._show(sid, event)
+                tg.cancel_scope.cancel()
+        self.finished.append(conversation)
+        self.say(f"[{sid}] call ended: {call.end_reason or 'hung up'}")
+        if self.out_dir is not None:
+            folder = self.out_dir / re.sub(r"[^A-Za-z0-9_-]", "_", sid)
+            files = await anyio.to_thread.run_sync(
+                _write_call, folder, conversation, bytes(caller), bytes(call.output.recording)
+            )
+            self.say(f"[{sid}] wrote {', '.join(str(p) for p in files)}")
+
+    def _show(self, sid: str, event: object) -> None:
+        if isinstance(event, UserSaid):
+            self.say(f"[{sid}] caller: {event.text}")
+        elif isinstance(event, AgentSaid):
+            cut = " [interrupted]" if event.interrupted else ""
+            self.say(f"[{sid}] bot:    {event.heard}{cut}")
+        elif isinstance(event, Interrupted):
+            self.say(f"[{sid}] (caller cut in at {event.onset:.2f} s)")
+        elif isinstance(event, Dtmf):
+            self.say(f"[{sid}] key {event.digit}")
+        elif isinstance(event, ErrorEvent):
+            self.say(f"[{sid}] error: {event.message}")
+
+
+class _RecordedLine:
+    """The call as the conversation's transport, keeping what the caller said."""
+
+    def __init__(self, call: TwilioCall, caller: bytearray) -> None:
+        self.call = call
+        self.caller = caller
+        self.sample_rate = call.sample_rate
+        self.output = call.output
+
+    def now(self) -> float:
+        return self.call.now()
+
+    async def mic_frames(self) -> Any:
+        async for frame in self.call.mic_frames():
+            self.caller.extend(frame.pcm)
+            yield frame
+
+
+async def _forward_keys(call: TwilioCall, conversation: Conversation) -> None:
+    async for digit in call.dtmf():
+        conversation.press(digit)
+
+
+def _write_call(folder: Path, conversation: Conversation, caller: bytes, bot: bytes) -> list[Path]:
+    from agent.app.report import write_metrics, write_transcript
+
+    folder.mkdir(parents=True, exist_ok=True)
+    return [
+        write_stereo_wav(folder / "call.wav", caller, bot, RATE),
+        write_transcript(folder / "transcript.md", conversation.log),
+        write_metrics(folder / "metrics.json", conversation.log),
+    ]
+
+
+def phone_options(args: argparse.Namespace) -> AgentOptions:
+    """`run`'s listening options, with the echo guard off unless asked for: phone networks
+    cancel line echo, and the guard would only cost quiet interruptions."""
+    options = options_from(args)
+    options.echo = EchoConfig(enabled=args.echo_guard)
+    return options
+
+
+def cmd_phone(args: argparse.Namespace) -> int:
+    """Serve phone calls."""
+    try:
+        from plugins.twilio import PhoneConfig, serve
+    except ImportError as err:
+        raise VoxloopError(
+            f"the phone server needs the 'phone' extra ({err.name} is missing): "
+            "run ./dev.sh setup, or pip install 'voxloop[phone]'"
+        ) from None
+    settings = settings_from(args)
+    tools = load_tools(settings.tools_file)
+    progress = stderr_progress("phone")
+    config = PhoneConfig.from_env(public_url=args.public_url)
+
+    async def main() -> None:
+        stt = await load_stt(args.stt_url, progress=progress)
+        async with (
+            llm_endpoint(settings.llm_url, progress=progress) as llm_ep,
+            tts_endpoint(settings.tts_url, progress=progress) as tts_ep,
+            make_llm(settings, llm_ep) as llm,
+        ):
+            tools_notice(llm, tools, progress)
+            bot = PhoneBot(
+                settings=settings,
+                options=phone_options(args),
+                stt=stt,
+                llm=llm,
+                tts_endpoint=tts_ep,
+                tools=tools,
+                greeting=args.greeting or None,
+                out_dir=Path(args.out),
+                say=lambda line: print(line, flush=True),
+            )
+            _describe(args, llm_ep, tts_ep, config.auth_token is not None, progress)
+            await serve(bot, config, host=args.host, port=args.port)
+
+    anyio.run(main)
+    return 0
+
+
+def _describe(
+    args: argparse.Namespace,
+    llm_ep: LLMEndpoint,
+    tts_ep: TTSEndpoint,
+    signed: bool,
+    progress: Callable[[str], None],
+) -> None:
+    progress(f"LLM: {llm_ep.describe()}")
+    progress(f"TTS: {tts_ep.describe()}")
+    here = f"http://{args.host}:{args.port}"
+    progress(f"phone server on {here}: webhook {here}/twilio/voice, media /twilio/media")
+    progress(
+        "webhook signatures checked (TWILIO_AUTH_TOKEN set)"
+        if signed
+        else "no TWILIO_AUTH_TOKEN: webhooks are not verified (fine on 127.0.0.1)"
+    )
+    progress(f"test it without Twilio: voxloop call {here} --say question.wav")
+
+
+# -- voxloop call ------------------------------------------------------------------------------
+
+
+def webhook_base(url: str) -> str:
+    """The HTTP base a caller dials, from a phone server's base, webhook or media-stream URL."""
+    parts = urlsplit(url)
+    scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme or "http")
+    if scheme not in ("http", "https") or not parts.netloc:
+        raise VoxloopError(
+            f"{url!r} is not a phone server's address: give http://HOST:PORT, its webhook "
+            "(/twilio/voice) or its media stream (ws://HOST:PORT/twilio/media)"
+        )
+    return urlunsplit((scheme, parts.netloc, "", "", ""))
+
+
+def caller_voice(path: str) -> bytes:
+    """A WAV file as the caller's voice: PCM16 mono at 8 kHz."""
+    try:
+        audio = read_wav(path)
+    except (OSError, ValueError, EOFError) as err:
+        raise VoxloopError(f"--say {path}: not a readable WAV file ({err})") from None
+    return resample(audio.pcm, audio.sample_rate, RATE)
+
+
+def call_summary(result: CallResult) -> list[str]:
+    """The lines `voxloop call` prints: time to first audio, barge-in reaction, how it ended."""
+    lines = []
+    if result.response_latencies:
+        firsts = ", ".join(f"{s * 1000:.0f}" for s in result.response_latencies)
+        lines.append(f"time to first audio after you stopped (ms): {firsts}")
+    if result.barge_in_reactions:
+        cuts = ", ".join(f"{s * 1000:.0f}" for s in result.barge_in_reactions)
+        lines.append(f"barge-in: you spoke -> bot's clear (ms): {cuts}")
+    lines.append(
+        f"bot audio: {result.media_in} frames, {result.clears} clear(s), "
+        f"{len(result.marks_echoed)} marks echoed; ended by {result.hung_up_by or 'the call'}"
+        + (f" ({result.close_reason})" if result.close_reason else "")
+    )
+    return lines
+
+
+def cmd_call(args: argparse.Namespace) -> int:
+    """Place a simulated phone call."""
+    from plugins.twilio import AuthToken, CallScript, Press, Say, place_call
+
+    base = webhook_base(args.url)
+    steps: list[Say | Press] = []
+    for i, path in enumerate(args.say or []):
+        pcm = caller_voice(path)
+        cut_in = args.interrupt_after if i > 0 and args.interrupt_after is not None else None
+        steps.append(Say(pcm, after_bot_audio=cut_in, after_bot_silence=args.pause))
+    steps += [Press(digit) for digit in args.dtmf or ""]
+    script = CallScript(steps=steps, max_seconds=args.max_seconds)
+    token = AuthToken(args.auth_token) if args.auth_token else None
+    result = anyio.run(lambda: place_call(base, script, auth_token=token, record_path=args.out))
+    for line in call_summary(result):
+        print(line)
+    print(f"recording (you left, bot right): {args.out}")
+    return 0
+
+
+def register(sub: Any) -> None:
+    """Add `phone` and `call` to the CLI's subcommands."""
+    p = sub.add_parser(
+        "phone",
+        help="answer phone calls (Twilio Media Streams) with the voice agent",
+        description="Serves, on one port: POST/GET /twilio/voice (TwiML that connects the call "
+        "to the media stream), the WebSocket /twilio/media (one conversation per call, with "
+        "barge-in) and GET /healthz. Offline on the embedded engines, or on the real services "
+        "with keys. Set TWILIO_AUTH_TOKEN to verify Twilio's webhook signatures (required "
+        "before binding beyond 127.0.0.1). SIGTERM drains: live calls finish, new ones are "
+        "refused. See README, 'Put it on a phone number'.",
+    )
+    add_agent_options(p)
+    add_listening_options(p)
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default: %(default)s)")
+    p.add_argument("--port", type=int, default=8080, help="port (default: %(default)s)")
+    p.add_argument(
+        "--public-url",
+        help="the public https:// or wss:// address Twilio reaches (a tunnel); default: "
+        "$VOXLOOP_PUBLIC_URL, else wss:// plus the webhook request's Host header",
+    )
+    p.add_argument(
+        "--greeting",
+        default=DEFAULT_GREETING,
+        help='what the bot says when it picks up ("" for nothing; default: %(default)r)',
+    )
+    p.add_argument(
+        "--echo-guard",
+        action="store_true",
+        help="turn the echo guard on (off on phone lines: the network cancels line echo)",
+    )
+    p.add_argument(
+        "--out", default="output/phone", help="folder for each call's files (default: %(default)s)"
+    )
+    p.set_defaults(handler=cmd_phone)
+
+    p = sub.add_parser(
+        "call",
+        help="place a simulated phone call to a phone bot (no Twilio account needed)",
+        description="Speaks Twilio's side of Media Streams: posts the voice webhook, streams "
+        "your WAV files as the caller in real time (20 ms μ-law frames), echoes the bot's "
+        "marks, honours clear, presses keys, and records call.wav (you left, bot right). "
+        "Prints the bot's time to first audio and its barge-in reaction.",
+    )
+    p.add_argument("url", help="the phone server: http://127.0.0.1:8080 (or its /twilio/media)")
+    p.add_argument(
+        "--say",
+        action="append",
+        metavar="WAV",
+        help="a WAV file the caller says (repeat for several turns, in order)",
+    )
+    p.add_argument(
+        "--interrupt-after",
+        type=float,
+        metavar="S",
+        help="say every --say after the first this many seconds into the bot's answer (barge-in)",
+    )
+    p.add_argument(
+        "--pause",
+        type=float,
+        default=0.8,
+        help="otherwise speak once the bot has been silent this long (default: %(default)s s)",
+    )
+    p.add_argument("--dtmf", metavar="DIGITS", help="keys to press after the last --say")
+    p.add_argument(
+        "--max-seconds", type=float, default=60.0, help="hang up after this long (default: 60)"
+    )
+    p.add_argument(
+        "--auth-token",
+        help="sign the webhook with this Twilio auth token (when the bot checks signatures)",
+    )
+    p.add_argument("--out", default="output/call.wav", help="recording (default: %(default)s)")
+    p.set_defaults(handler=cmd_call)

@@ -1,0 +1,154 @@
+"""The voice agent on phone calls, end to end over loopback: our caller (`plugins.twilio`,
+speaking Twilio's side in real time) calls `PhoneBot` behind the real phone server; STT is the
+real whisper, TTS the real local server with the piper voice on `ulaw_8000`, and the LLM the
+scripted OpenAI-compatible server (a named fake, so the answers and their timing are known)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from agent import AgentOptions, VadConfig, end_call
+from agent.app.compose import AgentSettings, TTSEndpoint
+from agent.app.phone import PhoneBot, webhook_base
+from agent.audio import resample
+from agent.echo import EchoConfig
+from agent.errors import VoxloopError
+from plugins.elevenlabs.server import LocalTTSServer
+from plugins.openai.llm import OpenAILLM
+from plugins.twilio import CallScript, PhoneApp, PhoneConfig, Press, Say, place_call
+from plugins.twilio.server import running_phone_server
+from tests.fakes.scripted_llm import ScriptedChatServer, StreamReply, tokens, tool_call_reply
+
+pytestmark = [pytest.mark.anyio, pytest.mark.engines]
+
+STORY = (
+    "Once upon a time there was a little boat that sailed across the wide blue sea, "
+    "looking for an island where the birds sang all day and the sand was warm and soft."
+)
+
+
+def paced(text: str, delay: float = 0.06) -> StreamReply:
+    words = text.split(" ")
+    return tokens(*[w if i == 0 else " " + w for i, w in enumerate(words)], delay=delay)
+
+
+@asynccontextmanager
+async def phone_bot(
+    piper_engine: Any, whisper_stt: Any, replies: list[StreamReply], tmp_path: Path, **kw: Any
+) -> AsyncIterator[tuple[PhoneBot, str]]:
+    async with (
+        ScriptedChatServer(replies) as fake_llm,
+        LocalTTSServer(piper_engine) as tts_server,
+        OpenAILLM("scripted", base_url=fake_llm.base_url) as llm,
+    ):
+        bot = PhoneBot(
+            settings=AgentSettings(instructions="You answer the phone."),
+            options=AgentOptions(vad=VadConfig(min_silence_ms=400), echo=EchoConfig(enabled=False)),
+            stt=whisper_stt,
+            llm=llm,
+            tts_endpoint=TTSEndpoint(tts_server.url, None, local=True),
+            out_dir=tmp_path,
+            say=lambda _line: None,
+            **kw,
+        )
+        app = PhoneApp(bot, PhoneConfig())
+        async with running_phone_server(app) as url:
+            yield bot, url
+
+
+def voice8k(piper_engine: Any, text: str) -> bytes:
+    pcm = b"".join(chunk.pcm for chunk in piper_engine.synthesize(text))
+    return resample(pcm, piper_engine.sample_rate, 8000)
+
+
+async def test_a_call_is_greeted_answered_and_written_down(
+    piper_engine: Any, whisper_stt: Any, tmp_path: Path
+) -> None:
+    question = voice8k(piper_engine, "What time do you open tomorrow?")
+    script = CallScript(steps=[Say(question, after_bot_silence=0.5)], hang_up_after_silence=1.0)
+    async with phone_bot(
+        piper_engine, whisper_stt, [tokens("We open ", "at nine.")], tmp_path, greeting="Hello!"
+    ) as (bot, url):
+        with anyio.fail_after(60):
+            result = await place_call(url, script, record_path=tmp_path / "caller-side.wav")
+            while not bot.finished:
+                await anyio.sleep(0.05)
+    (conversation,) = bot.finished
+    greeting, answer = conversation.log.turns
+    assert greeting.heard_text == "Hello!" and not greeting.interrupted
+    assert "open" in answer.transcript.lower()
+    assert answer.heard_text == "We open at nine.", "all of it, as Twilio's marks confirmed"
+    assert result.media_in > 50 and result.clears == 0 and result.hung_up_by == "caller"
+    assert result.response_latencies, "the bot answered after the caller stopped"
+    folder = tmp_path / "CA" + "1" * 32 if False else tmp_path / CallScript().call_sid
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert len(metrics["turns"]) == 2
+    assert "We open at nine." in (folder / "transcript.md").read_text()
+    assert (folder / "call.wav").stat().st_size > 8000 * 2 * 2
+
+
+async def test_barge_in_clears_the_line_and_heard_comes_from_marks(
+    piper_engine: Any, whisper_stt: Any, tmp_path: Path
+) -> None:
+    ask = voice8k(piper_engine, "Tell me a story please.")
+    stop = voice8k(piper_engine, "Stop, thank you.")
+    script = CallScript(
+        steps=[Say(ask, after_bot_silence=0.3), Say(stop, after_bot_audio=1.5)],
+        hang_up_after_silence=1.5,
+    )
+    async with phone_bot(
+        piper_engine, whisper_stt, [paced(STORY), tokens("Okay.")], tmp_path, greeting=None
+    ) as (bot, url):
+        with anyio.fail_after(60):
+            result = await place_call(url, script)
+            while not bot.finished:
+                await anyio.sleep(0.05)
+    (conversation,) = bot.finished
+    story = conversation.log.turns[0]
+    assert story.interrupted and result.clears >= 1
+    assert result.media_after_clear == 0, "no media of the cut answer followed the clear"
+    assert result.barge_in_reactions and min(result.barge_in_reactions) < 0.5
+    heard = story.heard_text
+    assert heard and STORY.startswith(heard) and len(heard) < len(STORY)
+    # what the handset had played when the clear came bounds what counts as heard
+    played_s = result.played_at_clear[0] / 8000
+    assert len(heard.split()) <= played_s * 4 + 2
+    cut = [m for m in conversation.history if m.role == "assistant" and m.interrupted]
+    assert [m.content for m in cut] == [heard]
+    assert conversation.log.turns[1].heard_text == "Okay."
+
+
+async def test_keys_reach_the_agent_and_end_call_hangs_up(
+    piper_engine: Any, whisper_stt: Any, tmp_path: Path
+) -> None:
+    bye = voice8k(piper_engine, "That is all, goodbye.")
+    script = CallScript(steps=[Press("4"), Press("2"), Say(bye, after_bot_silence=0.3)])
+    replies = [tool_call_reply(("c1", "end_call", "{}"), text=["Goodbye! "]), tokens("Bye.")]
+    async with phone_bot(
+        piper_engine, whisper_stt, replies, tmp_path, greeting=None, tools=[end_call]
+    ) as (bot, url):
+        with anyio.fail_after(60):
+            result = await place_call(url, script)
+            while not bot.finished:
+                await anyio.sleep(0.05)
+    (conversation,) = bot.finished
+    assert conversation.take_digits() == "42"
+    assert result.hung_up_by == "bot", "end_call hung up after the goodbye"
+    (turn,) = conversation.log.turns
+    assert [t.name for t in turn.tools] == ["end_call"] and turn.tools[0].outcome == "ok"
+    assert turn.heard_text.startswith("Goodbye!")
+
+
+def test_voxloop_call_takes_any_address_of_the_server() -> None:
+    assert webhook_base("ws://127.0.0.1:8080/twilio/media") == "http://127.0.0.1:8080"
+    assert webhook_base("wss://bot.example/twilio/media") == "https://bot.example"
+    assert webhook_base("http://127.0.0.1:8080") == "http://127.0.0.1:8080"
+    with pytest.raises(VoxloopError, match="not a phone server"):
+        webhook_base("127.0.0.1:8080")
