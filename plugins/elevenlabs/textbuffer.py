@@ -20,20 +20,32 @@ Pure string logic used by `ServerProtocol`:
 
 The concatenation of all released chunks equals the joined text (leading whitespace aside, and
 whitespace-only buffers are dropped at a flush).
+
+- Bounded pieces: `bounded_pieces` cuts a released chunk into pieces of at most
+  MAX_PIECE_CHARS for the engine: at the last sentence end within the limit, else the last
+  clause break (``, ; : — –``) in its second half, else the last word break, else (a run
+  without spaces, such as ten thousand emoji) at the limit itself, never inside a combining
+  sequence. An engine's memory and the time to abandon a piece grow with its length, so a
+  2,000-character sentence without punctuation is spoken as ten pieces, not one call.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 
-from .messages import MAX_SCHEDULE_VALUE, TRY_TRIGGER_MIN_CHARS, GenerationConfig
+from .settings import MAX_SCHEDULE_VALUE, TRY_TRIGGER_MIN_CHARS, GenerationConfig
 
 _CLOSERS = "\"')]}”’»"
 _JOIN_AFTER = ".!?,;:…"
 _SENTENCE_END = ".!?…"
 _OPENERS = "¿¡([“‘"
 _SENTENCE_BOUNDARY = re.compile(r"[.!?…][\"')\]}”’»]*\s+")
+_CLAUSE_BOUNDARY = re.compile(r"[,;:\u2013\u2014][\"')\]}”’»]*\s+")
+_WORD_BOUNDARY = re.compile(r"\s+")
+#: Longest text handed to the engine in one call.
+MAX_PIECE_CHARS = 200
 
 
 def needs_space(tail: str, piece: str) -> bool:
@@ -139,3 +151,46 @@ class TextBuffer:
     def _release(self, cut: int) -> list[str]:
         chunk, self.pending = self.pending[:cut], self.pending[cut:]
         return [chunk] if chunk.strip() else []
+
+
+def _last_end(pattern: re.Pattern[str], text: str, start: int = 1) -> int:
+    """End of the last match of `pattern` in `text` that starts at or after `start` (0: none)."""
+    cut = 0
+    for match in pattern.finditer(text, start):
+        cut = match.end()
+    return cut
+
+
+def _joins_previous(char: str) -> bool:
+    """Characters that belong to the one before them (combining marks, joiners, selectors)."""
+    return (
+        bool(unicodedata.combining(char))
+        or char in "\u200d\ufe0e\ufe0f"
+        or (
+            "\U0001f3fb" <= char <= "\U0001f3ff"  # skin tone modifiers
+        )
+    )
+
+
+def bounded_pieces(text: str, limit: int = MAX_PIECE_CHARS) -> list[str]:
+    """`text` cut into pieces of at most `limit` characters (see the module doc); the pieces
+    join back to `text`, whitespace-only pieces left out."""
+    if limit < 2:
+        raise ValueError("limit must be at least 2 characters")
+    pieces: list[str] = []
+    rest = text
+    while len(rest) > limit:
+        window = rest[: limit + 1]  # a boundary's whitespace may sit just past the limit
+        cut = _last_end(_SENTENCE_BOUNDARY, window)
+        if cut == 0 or cut > limit:
+            cut = _last_end(_CLAUSE_BOUNDARY, window, limit // 2)
+        if cut == 0 or cut > limit:
+            cut = _last_end(_WORD_BOUNDARY, window[:limit])
+        if cut == 0:
+            cut = limit
+            while cut > 1 and _joins_previous(rest[cut]):
+                cut -= 1
+        pieces.append(rest[:cut])
+        rest = rest[cut:]
+    pieces.append(rest)
+    return [piece for piece in pieces if piece.strip()]
