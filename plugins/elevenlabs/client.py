@@ -440,6 +440,7 @@ class _Socket:
 
     def _close_all(self, error: BaseException | None) -> None:
         self.alive = False
+        self.wake_timer.set()  # the timer task sees the socket is gone and ends
         if error is not None:
             self.error = error
         for ctx in list(self.contexts.values()):
@@ -465,6 +466,8 @@ class _Socket:
             with anyio.move_on_after(max(0.0, deadline - time.monotonic())):
                 await self.wake_timer.wait()
                 continue
+            if not self.alive:
+                return
             now = time.monotonic()
             for event in self.protocol.tick(now):
                 if isinstance(event, AudioTimedOut):

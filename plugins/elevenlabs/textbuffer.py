@@ -44,8 +44,9 @@ _OPENERS = "¿¡([“‘"
 _SENTENCE_BOUNDARY = re.compile(r"[.!?…][\"')\]}”’»]*\s+")
 _CLAUSE_BOUNDARY = re.compile(r"[,;:\u2013\u2014][\"')\]}”’»]*\s+")
 _WORD_BOUNDARY = re.compile(r"\s+")
-#: Longest text handed to the engine in one call.
+#: Longest text handed to the engine in one call (plus at most _TRAILING_SPACE whitespace).
 MAX_PIECE_CHARS = 200
+_TRAILING_SPACE = 8
 
 
 def needs_space(tail: str, piece: str) -> bool:
@@ -173,13 +174,16 @@ def _joins_previous(char: str) -> bool:
 
 
 def bounded_pieces(text: str, limit: int = MAX_PIECE_CHARS) -> list[str]:
-    """`text` cut into pieces of at most `limit` characters (see the module doc); the pieces
-    join back to `text`, whitespace-only pieces left out."""
+    """`text` cut into pieces of at most `limit` characters (see the module doc; the last piece
+    may carry a few more trailing spaces); the pieces join back to `text`, whitespace-only
+    pieces left out."""
     if limit < 2:
         raise ValueError("limit must be at least 2 characters")
     pieces: list[str] = []
     rest = text
     while len(rest) > limit:
+        if len(rest.rstrip()) <= limit and len(rest) <= limit + _TRAILING_SPACE:
+            break  # only a little whitespace runs past the limit: it stays with its words
         window = rest[: limit + 1]  # a boundary's whitespace may sit just past the limit
         cut = _last_end(_SENTENCE_BOUNDARY, window)
         if cut == 0 or cut > limit:
