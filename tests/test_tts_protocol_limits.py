@@ -24,7 +24,7 @@ from plugins.elevenlabs.protocol import (
     Synthesize,
     TextBufferFullError,
 )
-from plugins.elevenlabs.textbuffer import bounded_pieces
+from plugins.elevenlabs.textbuffer import bounded_pieces, char_cost
 
 MULTI = "/v1/text-to-speech/v/multi-stream-input"
 SINGLE = "/v1/text-to-speech/v/stream-input"
@@ -64,7 +64,7 @@ def test_a_long_sentence_without_punctuation_reaches_the_engine_in_bounded_piece
     text = " ".join(f"word{i}" for i in range(400))  # ~3,000 characters, no punctuation
     events = send(proto, {"context_id": "c", "text": text, "flush": True})
     got = pieces(events)
-    assert len(got) > 10 and all(len(p.text) <= MAX_PIECE_CHARS for p in got)
+    assert len(got) > 20 and all(len(p.text) <= MAX_PIECE_CHARS for p in got)
     assert "".join(p.text for p in got) == text
     assert all(p.text.endswith(" ") for p in got[:-1])  # cut at word boundaries
     assert [p.flush for p in got] == [False] * (len(got) - 1) + [True]
@@ -83,7 +83,7 @@ def test_a_run_without_spaces_is_cut_at_the_limit_and_keeps_emoji_modifiers_whol
     emoji = "\U0001f44d\U0001f3fd"  # thumbs up + skin tone: one visible character, two code points
     text = emoji * 500
     out = bounded_pieces(text, 101)
-    assert "".join(out) == text and all(len(p) <= 101 for p in out)
+    assert "".join(out) == text and all(sum(map(char_cost, p)) <= 101 for p in out)
     assert all(not p.startswith("\U0001f3fd") for p in out)
 
 

@@ -22,7 +22,8 @@ The concatenation of all released chunks equals the joined text (leading whitesp
 whitespace-only buffers are dropped at a flush).
 
 - Bounded pieces: `bounded_pieces` cuts a released chunk into pieces of at most
-  MAX_PIECE_CHARS for the engine: at the last sentence end within the limit, else the last
+  MAX_PIECE_CHARS letters for the engine (an emoji or a CJK character counts as 8, a digit as
+  2: what they cost a voice that reads them out): at the last sentence end within the limit, else the last
   clause break (``, ; : — –``) in its second half, else the last word break, else (a run
   without spaces, such as ten thousand emoji) at the limit itself, never inside a combining
   sequence. An engine's memory and the time to abandon a piece grow with its length, so a
@@ -44,8 +45,10 @@ _OPENERS = "¿¡([“‘"
 _SENTENCE_BOUNDARY = re.compile(r"[.!?…][\"')\]}”’»]*\s+")
 _CLAUSE_BOUNDARY = re.compile(r"[,;:\u2013\u2014][\"')\]}”’»]*\s+")
 _WORD_BOUNDARY = re.compile(r"\s+")
-#: Longest text handed to the engine in one call (plus at most _TRAILING_SPACE whitespace).
-MAX_PIECE_CHARS = 200
+#: Most text handed to the engine in one call, in letters (`char_cost`; plus at most
+#: _TRAILING_SPACE whitespace). piper's memory for one call grows about 1.2 MB a letter (its
+#: arena keeps the peak), so this bounds it near what one long ordinary sentence takes.
+MAX_PIECE_CHARS = 120
 _TRAILING_SPACE = 8
 
 
@@ -173,25 +176,47 @@ def _joins_previous(char: str) -> bool:
     )
 
 
+def char_cost(char: str) -> int:
+    """What a character costs an engine, in letters: a Latin letter, space or punctuation 1, a
+    digit 2 (numbers are read out), anything else 8 (an English voice reads an emoji or a CJK
+    character by its name: piper spends about eight times a letter's time on one)."""
+    if char < "\u0250":
+        return 2 if char.isdigit() else 1
+    return 1 if char.isspace() or unicodedata.combining(char) else 8
+
+
+def _fit(text: str, budget: int) -> int:
+    """How many leading characters of `text` cost at most `budget` (at least 1)."""
+    total = 0
+    for index, char in enumerate(text):
+        total += char_cost(char)
+        if total > budget:
+            return max(1, index)
+    return len(text)
+
+
 def bounded_pieces(text: str, limit: int = MAX_PIECE_CHARS) -> list[str]:
-    """`text` cut into pieces of at most `limit` characters (see the module doc; the last piece
-    may carry a few more trailing spaces); the pieces join back to `text`, whitespace-only
-    pieces left out."""
+    """`text` cut into pieces costing at most `limit` (`char_cost`: letters, where an emoji
+    counts 8; see the module doc; the last piece may carry a few more trailing spaces). The
+    pieces join back to `text`, whitespace-only pieces left out."""
     if limit < 2:
         raise ValueError("limit must be at least 2 characters")
     pieces: list[str] = []
     rest = text
-    while len(rest) > limit:
-        if len(rest.rstrip()) <= limit and len(rest) <= limit + _TRAILING_SPACE:
+    while True:
+        size = _fit(rest, limit)
+        if size >= len(rest):
+            break
+        if not rest[size:].strip() and len(rest) - size <= _TRAILING_SPACE:
             break  # only a little whitespace runs past the limit: it stays with its words
-        window = rest[: limit + 1]  # a boundary's whitespace may sit just past the limit
+        window = rest[: size + 1]  # a boundary's whitespace may sit just past the limit
         cut = _last_end(_SENTENCE_BOUNDARY, window)
-        if cut == 0 or cut > limit:
-            cut = _last_end(_CLAUSE_BOUNDARY, window, limit // 2)
-        if cut == 0 or cut > limit:
-            cut = _last_end(_WORD_BOUNDARY, window[:limit])
+        if cut == 0 or cut > size:
+            cut = _last_end(_CLAUSE_BOUNDARY, window, size // 2)
+        if cut == 0 or cut > size:
+            cut = _last_end(_WORD_BOUNDARY, window[:size])
         if cut == 0:
-            cut = limit
+            cut = size
             while cut > 1 and _joins_previous(rest[cut]):
                 cut -= 1
         pieces.append(rest[:cut])
