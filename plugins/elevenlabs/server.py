@@ -62,6 +62,7 @@ from .engine import (
 from .formats import Encoder
 from .protocol import (
     MAX_PENDING_CHARS,
+    MAX_PIECE_CHARS,
     Alignment,
     Close,
     ContextEnded,
@@ -167,6 +168,7 @@ class _Connection:
             time.monotonic(),
             header_api_key=handshake_key,
             max_pending_chars=server.max_pending_chars,
+            max_piece_chars=server.max_piece_chars,
         )
         self.must_authenticate = server.requires_key and handshake_key is None
         self.send_lock = anyio.Lock()
@@ -470,6 +472,7 @@ class LocalTTSServer:
         max_connections: int = MAX_CONNECTIONS,
         max_connections_per_address: int = MAX_CONNECTIONS_PER_ADDRESS,
         max_pending_chars: int = MAX_PENDING_CHARS,
+        max_piece_chars: int = MAX_PIECE_CHARS,
         allow_public_without_key: bool = False,
     ) -> None:
         if not api_key and not is_loopback(host) and not allow_public_without_key:
@@ -490,6 +493,9 @@ class LocalTTSServer:
         self.max_connections = max_connections
         self.max_connections_per_address = max_connections_per_address
         self.max_pending_chars = max_pending_chars
+        #: most text (in letters, see textbuffer.char_cost) per engine call: lower it to bound
+        #: the engine's memory further (piper: ~1.2 MB a letter), at some cost in prosody
+        self.max_piece_chars = max_piece_chars
         self.stats = ServerStats()
         self._server: Server | None = None
         self._live: set[_Connection] = set()
