@@ -1,8 +1,14 @@
 """ElevenLabs WebSocket TTS: the sans-I/O protocol, a client and a compatible local server.
 
-- `protocol`: the server role as a state machine (frames in, events out, `now` passed in);
-  re-exports the client role (`client_protocol`) and the wire types (`messages`).
-- `messages`: wire types, validation, constants (re-exported by `protocol`).
-- `textbuffer`: the server's join / chunk-schedule / auto_mode rules.
+- `protocol`: the server role as a state machine (frames in, events out, `now` passed in,
+  timers as `next_deadline()` / `tick(now)`); re-exports the client role (`client_protocol`)
+  and every wire type.
+- wire types by concern: `errors` (ProtocolError under agent.errors.ProtocolError, close
+  reasons), `settings` (connection parameters with a typed `OutputFormat`, voice settings,
+  schedule, `Secret`), `client_messages` (what clients send, the hostile-string checks),
+  `server_frames` (what servers send); `messages` re-exports them for older imports.
+- `textbuffer`: the server's join / chunk-schedule / auto_mode rules and bounded pieces.
 - `alignment`: turning per-chunk character alignment into absolute word timings.
+- `client`: `ElevenLabsTTS` (anyio + websockets); `server`: `LocalTTSServer`; `engine`: what
+  the server needs of a speech engine; `redaction`: keys out of every log line.
 """
