@@ -134,16 +134,28 @@ def cmd_latency(args: argparse.Namespace) -> int:
 
 def cmd_tts_server(args: argparse.Namespace) -> int:
     """Serve the ElevenLabs WebSocket protocol from the local voice."""
-    from plugins.elevenlabs.server import running_server
+    from plugins.elevenlabs.server import API_KEY_ENV, running_server
 
     progress = stderr_progress("tts-server")
+    api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
 
     async def main() -> None:
         async with running_server(
-            host=args.host, port=args.port, strict_voices=args.strict_voices, progress=progress
+            host=args.host,
+            port=args.port,
+            strict_voices=args.strict_voices,
+            progress=progress,
+            api_key=api_key,
+            allow_public_without_key=args.allow_public_without_key,
+            max_connections=args.max_connections,
+            max_connections_per_address=args.max_connections_per_address,
         ) as server:
             voices = ", ".join(server.engine.voices())
-            print(f"ElevenLabs-compatible TTS on {server.url} (voices: {voices})", flush=True)
+            key_note = " (clients must send its API key)" if api_key else ""
+            print(
+                f"ElevenLabs-compatible TTS on {server.url}{key_note} (voices: {voices})",
+                flush=True,
+            )
             print(f"  try: ELEVENLABS_BASE_URL={server.url} voxloop say 'Hello there'", flush=True)
             await anyio.sleep_forever()
 
@@ -151,6 +163,9 @@ def cmd_tts_server(args: argparse.Namespace) -> int:
         anyio.run(main)
     except KeyboardInterrupt:
         pass
+    except ValueError as err:  # e.g. a public address without a key: say what to do
+        print(f"voxloop tts-server: {err}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -223,6 +238,29 @@ def build_parser() -> argparse.ArgumentParser:
         "--strict-voices",
         action="store_true",
         help="refuse unknown voice ids instead of speaking them in the default voice",
+    )
+    p.add_argument(
+        "--api-key",
+        default=None,
+        help="require this key from every client (xi-api-key header, query or first "
+        "message); default: $VOXLOOP_TTS_API_KEY. Needed to bind beyond loopback",
+    )
+    p.add_argument(
+        "--allow-public-without-key",
+        action="store_true",
+        help="bind a non-loopback --host without a key (anyone who reaches the port may use it)",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=64,
+        help="sockets served at once; more get HTTP 503 (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-connections-per-address",
+        type=int,
+        default=16,
+        help="sockets served at once per client address (default: %(default)s)",
     )
     p.set_defaults(handler=cmd_tts_server)
 

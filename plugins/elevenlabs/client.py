@@ -29,13 +29,13 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from agent import errors
 from agent.interfaces import SpeechChunk, WordTiming
-from agent.redact import redacting_logger, register_secret
+from agent.redact import register_secret
 from plugins.elevenlabs.alignment import AlignmentTracker
-from plugins.elevenlabs.client_protocol import MAX_SERVER_FRAME_BYTES
-from plugins.elevenlabs.formats import Decoder, parse_output_format
+from plugins.elevenlabs.formats import Decoder, OutputFormat, parse_output_format
 from plugins.elevenlabs.protocol import (
     MAX_CONTEXTS,
     AudioReceived,
+    AudioTimedOut,
     ClientProtocol,
     ContextFinal,
     GenerationConfig,
@@ -50,6 +50,9 @@ from plugins.elevenlabs.protocol import (
     VoiceSettings,
     classify_close,
 )
+from plugins.elevenlabs.redaction import remember_key, secret_safe_logger
+from plugins.elevenlabs.server_frames import MAX_SERVER_FRAME_BYTES
+from plugins.elevenlabs.settings import DEFAULT_VOICE_ID
 
 log = logging.getLogger("voxloop.tts")
 
@@ -57,7 +60,6 @@ log = logging.getLogger("voxloop.tts")
 CHUNK_QUEUE = 64
 
 DEFAULT_BASE_URL = "wss://api.elevenlabs.io"
-DEFAULT_VOICE_ID = "JBFqnCBsd6RMkjVDRZzb"
 DEFAULT_MODEL_ID = "eleven_flash_v2_5"
 
 FrameListener = Callable[[Literal["out", "in"], float, str], None]
@@ -136,13 +138,15 @@ def resolve_base_url(base_url: str | None) -> str:
 class TTSContext:
     """One utterance stream on the socket: text in, speech chunks out.
 
-    ``ttfb`` is the time from the first text sent to the first audio received.
+    ``context_id`` is the id on the wire (the local server's ``stats.context(context_id)``
+    finds its server-side timings); ``ttfb`` is the time from the first text sent to the first
+    audio received.
     """
 
-    def __init__(self, owner: _Socket, context_id: str | None, output_format: str) -> None:
+    def __init__(self, owner: _Socket, context_id: str | None, fmt: OutputFormat) -> None:
         self._owner = owner
         self.id = context_id
-        self._fmt = parse_output_format(output_format)
+        self._fmt = fmt
         self._decoder = Decoder(self._fmt) if owner.config.decode_audio else None
         self._tracker = AlignmentTracker()
         # Bounded: when the consumer is slower than the server, the socket reader waits here
@@ -151,7 +155,6 @@ class TTSContext:
         self._send: MemoryObjectSendStream[SpeechChunk] = send
         self._receive: MemoryObjectReceiveStream[SpeechChunk] = receive
         self._error: BaseException | None = None
-        self._last_item_at: float | None = None
         self.closed_at: float | None = None
         self.first_text_at: float | None = None
         self.first_audio_at: float | None = None
@@ -163,6 +166,11 @@ class TTSContext:
 
     def __repr__(self) -> str:
         return f"TTSContext(id={self.id!r}, closed={self.closed}, done={self.done})"
+
+    @property
+    def context_id(self) -> str:
+        """The context's id on the wire ("" on a single-context socket, which has none)."""
+        return self.id or ""
 
     @property
     def ttfb(self) -> float | None:
@@ -225,35 +233,14 @@ class TTSContext:
         """Yield decoded speech with absolute alignment until the final message.
 
         Raises the connection's error if the socket is lost first, and TTSTimeoutError if the
-        server goes silent for `audio_timeout` after the flush or close. Cancelling stops
-        reading; the context stays open (call :meth:`abort` to stop it).
+        server goes silent for `audio_timeout` after the flush or close (the protocol's timer,
+        no polling). Cancelling stops reading; the context stays open (call :meth:`abort` to
+        stop it).
         """
-        limit = self._owner.config.audio_timeout
-        while True:
-            with anyio.move_on_after(min(0.5, limit)) as waiting:
-                try:
-                    item = await self._receive.receive()
-                except anyio.EndOfStream:
-                    break
-            if waiting.cancelled_caught:
-                since = self._asked_to_finish_at()
-                if since is not None and time.monotonic() - since > limit:
-                    raise TTSTimeoutError(
-                        f"TTS context {self.id}: no audio and no final message for "
-                        f"{limit:.0f} s after it was flushed; the server may be stuck"
-                    )
-                continue
-            self._last_item_at = time.monotonic()
+        async for item in self._receive:
             yield item
         if self._error is not None:
             raise self._error
-
-    def _asked_to_finish_at(self) -> float | None:
-        """Since when the server owes us the rest (flush or close, or the last audio after)."""
-        marks = [t for t in (self.flush_at, self.closed_at) if t is not None]
-        if not marks:
-            return None
-        return max([min(marks), self._last_item_at or 0.0])
 
     def words(self) -> list[WordTiming]:
         """Word timings so far (absolute, seconds from this context's first audio)."""
@@ -302,6 +289,7 @@ class TTSContext:
             char_ends=[e for _, _, e in chars],
         )
         await self._put(chunk)
+        self._owner.protocol.delivered(self.id, time.monotonic())
 
     def _decode(self, audio: bytes) -> bytes:
         return self._decoder.decode(audio) if self._decoder is not None else audio
@@ -315,6 +303,11 @@ class TTSContext:
             if tail:
                 await self._put(SpeechChunk(pcm=tail, sample_rate=self._fmt.sample_rate))
         self._fail_or_end(error)
+
+    @property
+    def _backlogged(self) -> bool:
+        """The consumer is behind: its queue is full (the reader waits on it)."""
+        return self._send.statistics().current_buffer_used >= CHUNK_QUEUE
 
     def _fail_or_end(self, error: BaseException | None) -> None:
         """End the stream now; the consumer drains what is queued, then sees ``error``."""
@@ -337,15 +330,21 @@ class _Socket:
 
     def __init__(self, tts: ElevenLabsTTS, ws: ClientConnection) -> None:
         self.tts = tts
-        self.config = tts.config
+        self.config = config = tts.config
         self.ws = ws
-        self.protocol = ClientProtocol(multi=tts.config.multi)
+        self.protocol = ClientProtocol(
+            multi=config.multi,
+            keepalive_interval=min(config.keepalive_interval, config.inactivity_timeout / 2),
+            audio_timeout=config.audio_timeout,
+            now=time.monotonic(),  # the idle socket's keep-alive counts from the handshake
+        )
         self.contexts: dict[str | None, TTSContext] = {}
         self.slot_freed = anyio.Event()
         self.lock = anyio.Lock()
         self.error: BaseException | None = None
         self.alive = True
-        self.last_out = time.monotonic()  # counts from the handshake, before any frame
+        self.wake_timer = anyio.Event()
+        self.timer_deadline: float | None = None
 
     async def send_pending(self) -> None:
         """Write every queued frame in order. Raises ConnectionLostError if the socket is gone."""
@@ -370,6 +369,14 @@ class _Socket:
                     listener("out", self.last_out, frame)  # the time it was written
         finally:
             self.lock.release()
+        self._rearm_timer()
+
+    def _rearm_timer(self) -> None:
+        """Wake the timer task when the protocol's next deadline moved earlier (a flush or a
+        close starts an audio timer; sending only pushes keep-alive deadlines later)."""
+        deadline = self.protocol.next_deadline()
+        if deadline is not None and (self.timer_deadline is None or deadline < self.timer_deadline):
+            self.wake_timer.set()
 
     def _lost(self, err: ConnectionClosed) -> TTSError:
         rcvd = err.rcvd
@@ -433,6 +440,7 @@ class _Socket:
 
     def _close_all(self, error: BaseException | None) -> None:
         self.alive = False
+        self.wake_timer.set()  # the timer task sees the socket is gone and ends
         if error is not None:
             self.error = error
         for ctx in list(self.contexts.values()):
@@ -445,24 +453,43 @@ class _Socket:
         self.slot_freed.set()
         self.slot_freed = anyio.Event()
 
-    async def keepalive(self) -> None:
-        """Send keep-alives before the inactivity timeout. Cancelling stops them."""
-        interval = min(self.config.keepalive_interval, self.config.inactivity_timeout / 2)
+    async def timers(self) -> None:
+        """Run the protocol's timers (keep-alives, audio timeouts) until the socket closes.
+        Cancelling stops them."""
         while self.alive:
-            await anyio.sleep(min(1.0, interval / 4))
-            now = time.monotonic()
-            due = self.protocol.keepalive_due(now, interval)
-            idle_socket = self.config.multi and not self.protocol.open_contexts
-            if not due and idle_socket and now - self.last_out >= interval:
-                due = [None]  # a bare {"text": ""}: keeps the socket, closes nothing
-            if not due:
+            deadline = self.protocol.next_deadline()
+            self.timer_deadline = deadline
+            self.wake_timer = anyio.Event()
+            if deadline is None:
+                await self.wake_timer.wait()
                 continue
-            for context_id in due:
-                self.protocol.keep_alive(context_id, time.monotonic())
+            with anyio.move_on_after(max(0.0, deadline - time.monotonic())):
+                await self.wake_timer.wait()
+                continue
+            if not self.alive:
+                return
+            now = time.monotonic()
+            for event in self.protocol.tick(now):
+                if isinstance(event, AudioTimedOut):
+                    self._timed_out(event, now)
             try:
                 await self.send_pending()
             except TTSError:
                 return
+
+    def _timed_out(self, event: AudioTimedOut, now: float) -> None:
+        ctx = self.contexts.get(event.context_id)
+        if ctx is None:
+            return
+        if ctx._backlogged:  # our consumer is behind, not the server: wait on
+            self.protocol.delivered(event.context_id, now)
+            return
+        ctx._fail_or_end(
+            TTSTimeoutError(
+                f"TTS context {ctx.id}: no audio and no final message for "
+                f"{event.seconds:.0f} s after it was flushed; the server may be stuck"
+            )
+        )
 
 
 class ElevenLabsTTS:
@@ -483,13 +510,15 @@ class ElevenLabsTTS:
     ) -> None:
         self.config = config or TTSConfig()
         try:
-            parse_output_format(self.config.output_format)
+            #: the configured output_format, parsed once
+            self.format: OutputFormat = parse_output_format(self.config.output_format)
         except ValueError as err:  # before any connection: the message lists what is supported
             raise TTSError(str(err)) from None
         key = api_key if api_key is not None else os.environ.get("ELEVENLABS_API_KEY")
         self._key = Secret(key) if key else None
         if key:
             register_secret(key)
+            remember_key(key)
         self.base_url = resolve_base_url(base_url)
         self.frame_listener = frame_listener
         self._ids = count(1)
@@ -509,7 +538,7 @@ class ElevenLabsTTS:
             voice_id=self.config.voice_id,
             multi=self.config.multi,
             model_id=self.config.model_id,
-            output_format=self.config.output_format,
+            output_format=self.format,
             inactivity_timeout=self.config.inactivity_timeout,
             sync_alignment=self.config.sync_alignment,
             auto_mode=self.config.auto_mode,
@@ -572,7 +601,7 @@ class ElevenLabsTTS:
                         open_timeout=None,
                         ping_interval=20,
                         close_timeout=1.0,
-                        logger=redacting_logger("voxloop.tts.socket"),
+                        logger=secret_safe_logger("voxloop.tts.socket"),
                     )
             except InvalidStatus as err:
                 status = err.response.status_code
@@ -614,7 +643,7 @@ class ElevenLabsTTS:
         sock = _Socket(self, ws)
         self._socket = sock
         self._tg.start_soon(sock.reader)
-        self._tg.start_soon(sock.keepalive)
+        self._tg.start_soon(sock.timers)
         return sock
 
     async def _wait_for_slot(self, sock: _Socket) -> None:
@@ -640,7 +669,7 @@ class ElevenLabsTTS:
             context_id = None
         if self.config.multi:
             await self._wait_for_slot(sock)
-        ctx = TTSContext(sock, context_id, self.config.output_format)
+        ctx = TTSContext(sock, context_id, self.format)
         sock.contexts[context_id] = ctx
         sock.protocol.open_context(
             context_id,

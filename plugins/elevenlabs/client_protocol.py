@@ -9,37 +9,44 @@ frames into events. Bad server input becomes a ProtocolViolation event, never an
 from __future__ import annotations
 
 import enum
-import json
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from .messages import (
+from .client_messages import ClientMessage
+from .errors import (
     MAX_CONTEXTS,
-    MAX_MESSAGE_CHARS,
-    Alignment,
-    ClientMessage,
-    GenerationConfig,
     InactivityTimeoutError,
-    PronunciationDictionaryLocator,
     ProtocolError,
     QuotaExceededError,
-    Secret,
     SettingsChangedError,
     TooManyContextsError,
-    VoiceSettings,
+)
+from .server_frames import (
+    MAX_SERVER_FRAME_BYTES,
+    Alignment,
     decode_audio,
     frame_context_id,
-    loads_object,
     optional_alignment,
+    parse_server_frame,
 )
+from .settings import GenerationConfig, PronunciationDictionaryLocator, Secret, VoiceSettings
 
 _RECENT_FINALS = 64  # remembered finalled context ids (stray keep-alives/closes are no-ops)
 
-#: Largest server frame a client accepts (the socket's limit too). The live service sends audio
-#: frames over 1 MiB (pcm_44100, long generations) and uses 16 MiB itself; MAX_MESSAGE_CHARS
-#: limits what clients send, not what they receive.
-MAX_SERVER_FRAME_BYTES = 16 * 1024 * 1024
+__all__ = [
+    "MAX_SERVER_FRAME_BYTES",
+    "AudioReceived",
+    "AudioTimedOut",
+    "ClientEvent",
+    "ClientProtocol",
+    "ContextFinal",
+    "IgnoredFrame",
+    "ProtocolViolation",
+    "ServerError",
+    "StaleAudio",
+    "classify_close",
+]
 
 
 # =============================================================================================
@@ -86,8 +93,23 @@ class ProtocolViolation:
     reason: str
 
 
+@dataclass(frozen=True)
+class AudioTimedOut:
+    """A context was flushed or closed, and then neither audio nor its final came for
+    `seconds`: the server may be stuck. The protocol stops timing it; the I/O fails it."""
+
+    context_id: str | None
+    seconds: float
+
+
 ClientEvent = (
-    AudioReceived | ContextFinal | ServerError | StaleAudio | IgnoredFrame | ProtocolViolation
+    AudioReceived
+    | ContextFinal
+    | ServerError
+    | StaleAudio
+    | IgnoredFrame
+    | ProtocolViolation
+    | AudioTimedOut
 )
 
 
@@ -104,16 +126,41 @@ class ClientContextState(enum.Enum):
 class _ClientContext:
     state: ClientContextState
     last_sent: float
+    finish_asked_at: float | None = None  # the first flush or close sent
+    last_audio_at: float | None = None  # the last audio received (or delivered, see I/O)
+    timed_out: bool = False
+
+    def audio_deadline(self, timeout: float) -> float | None:
+        if self.finish_asked_at is None or self.timed_out:
+            return None
+        return max(self.finish_asked_at, self.last_audio_at or 0.0) + timeout
 
 
 class ClientProtocol:
-    """The client side of one connection (single or multi context)."""
+    """The client side of one connection (single or multi context).
 
-    def __init__(self, multi: bool = True) -> None:
+    Timers, both given in seconds and both optional: `keepalive_interval` (an open context, or
+    on multi an idle socket, gets a keep-alive when nothing was sent to it for that long) and
+    `audio_timeout` (a flushed or closed context that gets neither audio nor its final for that
+    long yields AudioTimedOut). `next_deadline()` says when `tick(now)` must run; keep-alives
+    that `tick` decides on are queued for `data_to_send()`. `now` (optional) is when the socket
+    opened: the idle socket's keep-alive counts from it.
+    """
+
+    def __init__(
+        self,
+        multi: bool = True,
+        *,
+        keepalive_interval: float | None = None,
+        audio_timeout: float | None = None,
+        now: float | None = None,
+    ) -> None:
         self.multi = multi
+        self.keepalive_interval = keepalive_interval
+        self.audio_timeout = audio_timeout
         self._contexts: dict[str | None, _ClientContext] = {}
         self._finished: deque[str | None] = deque(maxlen=_RECENT_FINALS)
-        self._socket_last_sent: float | None = None
+        self._socket_last_sent: float | None = now
         self._single_used = False
         self._socket_closing = False
         self._out: list[str] = []
@@ -216,7 +263,7 @@ class ClientProtocol:
                 "text must be a non-empty string: an empty text closes (single) or is a "
                 "keep-alive (multi); use end_of_input/keep_alive/flush instead"
             )
-        self._open(context_id, "send_text")
+        ctx = self._open(context_id, "send_text")
         msg = ClientMessage(
             text=text,
             context_id=context_id,
@@ -224,13 +271,16 @@ class ClientProtocol:
             try_trigger_generation=try_trigger_generation,
         )
         self._send(msg, now, context_id)
+        if flush:
+            ctx.finish_asked_at = ctx.finish_asked_at or now
 
     def flush(self, context_id: str | None, now: float, text: str = "") -> None:
         """Ask the server to generate everything buffered now (the context stays open)."""
-        self._open(context_id, "flush")
+        ctx = self._open(context_id, "flush")
         if not text and not self.multi:
             text = " "  # on single context an empty text would close the stream
         self._send(ClientMessage(text=text, context_id=context_id, flush=True), now, context_id)
+        ctx.finish_asked_at = ctx.finish_asked_at or now
 
     def keep_alive(self, context_id: str | None, now: float) -> None:
         """Send a keep-alive: multi `{"text": "", "context_id": C}` or bare `{"text": ""}`
@@ -270,6 +320,7 @@ class ClientProtocol:
         if ctx.state is ClientContextState.CLOSED or self._socket_closing:
             return
         ctx.state = ClientContextState.CLOSED
+        ctx.finish_asked_at = ctx.finish_asked_at or now
         self._send(ClientMessage(context_id=context_id, close_context=True), now, context_id)
 
     def end_of_input(self, now: float) -> None:
@@ -278,6 +329,7 @@ class ClientProtocol:
             raise ValueError("end_of_input is single-context only: use close_context/close_socket")
         ctx = self._open(None, "end_of_input")
         ctx.state = ClientContextState.CLOSED
+        ctx.finish_asked_at = ctx.finish_asked_at or now
         self._send(ClientMessage(text=""), now, None)
 
     def close_socket(self, now: float) -> None:
@@ -288,6 +340,7 @@ class ClientProtocol:
             return
         for ctx in self._contexts.values():
             ctx.state = ClientContextState.CLOSED
+            ctx.finish_asked_at = ctx.finish_asked_at or now
         self._send(ClientMessage(close_socket=True), now, None)
         self._socket_closing = True
 
@@ -316,11 +369,52 @@ class ClientProtocol:
         out, self._out = self._out, []
         return out
 
+    # ------------------------------------------------------------------ timers
+    def next_deadline(self) -> float | None:
+        """When `tick` must next run (None: no timer pending)."""
+        deadlines: list[float] = []
+        interval = self.keepalive_interval
+        if interval is not None and not self._socket_closing:
+            open_sent = [
+                c.last_sent for c in self._contexts.values() if c.state is ClientContextState.OPEN
+            ]
+            deadlines.extend(t + interval for t in open_sent)
+            if self.multi and not open_sent and self._socket_last_sent is not None:
+                deadlines.append(self._socket_last_sent + interval)
+        if self.audio_timeout is not None:
+            for ctx in self._contexts.values():
+                due = ctx.audio_deadline(self.audio_timeout)
+                if due is not None:
+                    deadlines.append(due)
+        return min(deadlines) if deadlines else None
+
+    def tick(self, now: float) -> list[ClientEvent]:
+        """Fire the timers due at `now`: queue keep-alives, report contexts timed out."""
+        events: list[ClientEvent] = []
+        if self.keepalive_interval is not None:
+            for context_id in self.keepalive_due(now, self.keepalive_interval):
+                self.keep_alive(context_id, now)
+        if self.audio_timeout is not None:
+            for cid, ctx in self._contexts.items():
+                due = ctx.audio_deadline(self.audio_timeout)
+                if due is not None and now >= due:
+                    ctx.timed_out = True
+                    events.append(AudioTimedOut(cid, self.audio_timeout))
+        return events
+
+    def delivered(self, context_id: str | None, now: float) -> None:
+        """The I/O layer handed this context's audio on at `now` (a slow consumer holds the
+        socket's reader; the server is not late for that time): restarts its audio timer."""
+        ctx = self._contexts.get(context_id)
+        if ctx is not None:
+            ctx.last_audio_at = now
+            ctx.timed_out = False
+
     # ------------------------------------------------------------------ receiving
     def receive(self, data: str | bytes, now: float) -> list[ClientEvent]:
         """Turn one server frame into events. Never raises for bad server input."""
         try:
-            obj = _server_frame(data)
+            obj = parse_server_frame(data)
         except ProtocolError as err:
             return [ProtocolViolation(err.message)]
         try:
@@ -348,7 +442,7 @@ class ClientProtocol:
             if not isinstance(audio, str):
                 events.append(ProtocolViolation("audio must be a base64 string or null"))
             elif audio:
-                events.extend(self._audio(cid, audio, obj))
+                events.extend(self._audio(cid, audio, obj, now))
         if final:
             if cid in self._contexts:
                 del self._contexts[cid]
@@ -361,13 +455,17 @@ class ClientProtocol:
             events.append(IgnoredFrame(f"frame without audio or isFinal ignored (keys: {keys})"))
         return events
 
-    def _audio(self, cid: str | None, audio: str, obj: dict[str, object]) -> list[ClientEvent]:
+    def _audio(
+        self, cid: str | None, audio: str, obj: dict[str, object], now: float
+    ) -> list[ClientEvent]:
         try:
             pcm = decode_audio(audio)
         except ProtocolError as err:
             return [ProtocolViolation(err.message)]
-        if cid not in self._contexts:
+        ctx = self._contexts.get(cid)
+        if ctx is None:
             return [StaleAudio(cid)]
+        ctx.last_audio_at = now
         events: list[ClientEvent] = []
         try:
             alignment = optional_alignment(obj, "alignment")
@@ -381,31 +479,6 @@ class ClientProtocol:
             normalized = None
         events.append(AudioReceived(cid, pcm, alignment, normalized))
         return events
-
-
-def _server_frame(data: str | bytes) -> dict[str, object]:
-    """One server frame as a JSON object (ProtocolError otherwise): `loads_object`, except that
-    audio frames may be far larger than any client message, so MAX_SERVER_FRAME_BYTES bounds
-    them instead of MAX_MESSAGE_CHARS."""
-    if isinstance(data, str) and len(data) > MAX_MESSAGE_CHARS:
-        if len(data) > MAX_SERVER_FRAME_BYTES:
-            raise ProtocolError(
-                message=f"server frame too large: {len(data)} characters, the limit is "
-                f"{MAX_SERVER_FRAME_BYTES}",
-                code=1009,
-                error="message_too_large",
-            )
-        try:
-            obj = json.loads(data)
-        except (ValueError, RecursionError):
-            raise ProtocolError(
-                message="invalid JSON: the server must send one JSON object per text frame",
-                code=1007,
-            ) from None
-        if not isinstance(obj, dict):
-            raise ProtocolError(message="expected a JSON object from the server", code=1007)
-        return obj
-    return loads_object(data, "the server")
 
 
 # =============================================================================================

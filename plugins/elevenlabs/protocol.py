@@ -6,9 +6,10 @@ Frames go in (`receive(data, now)`), events come out, frames to write come from
 `tick(now)` only (never inside `receive`), and `next_deadline()` says when to call it.
 
 Status: every rule below is implemented and covered by tests/test_protocol.py (plus
-tests/test_alignment.py). The client role lives in `client_protocol.py`, the wire types in
-`messages.py`; both are re-exported here, so `from plugins.elevenlabs.protocol import X` works
-for every public name.
+tests/test_alignment.py and tests/faults/test_idle_keepalive.py for the timers). The client role
+lives in `client_protocol.py`; the wire types live by concern in `errors.py`, `settings.py`,
+`client_messages.py` and `server_frames.py`. All are re-exported here, so
+`from plugins.elevenlabs.protocol import X` works for every public name.
 
 Server role (`ServerProtocol`)
 - single context (`.../stream-input`): the first message starts the context (ContextStarted,
@@ -39,22 +40,39 @@ Server role (`ServerProtocol`)
   Close reasons are trimmed to the 123-byte WebSocket limit (`fit_close_reason`): the
   inactivity close reads "Have not received ... of 20 seconds. Streaming input terminated.".
 - bad input (invalid JSON, non-objects, wrong types, binary frames, frames over
-  MAX_MESSAGE_CHARS) -> an error frame `{"error", "message", "code"}`; the message is ignored
+  MAX_MESSAGE_CHARS, control characters or lone surrogates in a string field, see
+  `client_messages`) -> an error frame `{"error", "message", "code"}`; the message is ignored
   and the connection keeps serving. Unknown keys/frames -> IgnoredMessage.
+- bounded work: released text reaches the engine as Synthesize pieces of at most
+  MAX_PIECE_CHARS (`textbuffer.bounded_pieces`); a message that would make the connection hold
+  more than MAX_PENDING_CHARS of unspoken text (buffered, or released and not yet reported
+  by `piece_done`) is refused with a `text_buffer_full` error frame, and nothing in it applies.
+- a closed context speaks only its flushed text: each Synthesize carries `seq`; ContextEnded
+  carries `speak_upto`; `wanted(context_id, seq)` answers for a piece before and during its
+  synthesis (False for everything once the connection is closed, failed or lost:
+  `connection_lost(now)` when the client goes, with or without a close frame).
 
 Client role (`ClientProtocol`): builds every client message, enforces MAX_CONTEXTS locally
-(TooManyContextsError), tracks what needs a keep-alive, and turns server frames into events;
-bad server input becomes ProtocolViolation, never an exception.
+(TooManyContextsError), turns server frames into events (bad server input becomes
+ProtocolViolation, never an exception), and runs the client's two timers with the same
+`next_deadline()` / `tick(now)` idiom: keep-alives before the server's inactivity timeout, and
+AudioTimedOut for a flushed or closed context the server stopped answering.
 """
 
 from __future__ import annotations
 
 import enum
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from .client_messages import (
+    MAX_MESSAGE_CHARS,
+    ClientMessage,
+    parse_client_message,
+)
 from .client_protocol import (
     AudioReceived,
+    AudioTimedOut,
     ClientEvent,
     ClientProtocol,
     ContextFinal,
@@ -64,38 +82,41 @@ from .client_protocol import (
     StaleAudio,
     classify_close,
 )
-from .messages import (
-    DEFAULT_INACTIVITY_TIMEOUT,
-    DEFAULT_OUTPUT_FORMAT,
-    DEFAULT_SCHEDULE,
+from .errors import (
     INACTIVITY_REASON,
-    MAX_AUDIO_CHUNK_BYTES,
     MAX_CONTEXTS,
     MAX_CONTEXTS_MESSAGE,
-    MAX_INACTIVITY_TIMEOUT,
-    MAX_MESSAGE_CHARS,
     SETTINGS_CHANGED_REASON,
-    Alignment,
-    ClientMessage,
-    Close,
-    GenerationConfig,
     InactivityTimeoutError,
-    PronunciationDictionaryLocator,
+    InvalidTextError,
     ProtocolError,
     QuotaExceededError,
-    Secret,
     SettingsChangedError,
-    StreamParams,
+    TextBufferFullError,
     TooManyContextsError,
+    fit_close_reason,
+)
+from .formats import DEFAULT_OUTPUT_FORMAT, OutputFormat
+from .server_frames import (
+    MAX_AUDIO_CHUNK_BYTES,
+    Alignment,
+    Close,
+    encode_audio_frame,
+    encode_error_frame,
+    encode_final_frame,
+)
+from .settings import (
+    DEFAULT_INACTIVITY_TIMEOUT,
+    DEFAULT_SCHEDULE,
+    MAX_INACTIVITY_TIMEOUT,
+    GenerationConfig,
+    PronunciationDictionaryLocator,
+    Secret,
+    StreamParams,
     VoiceSettings,
     api_key_from_query,
-    encode_audio_frame,
-    encode_final_frame,
-    fit_close_reason,
-    parse_client_message,
 )
-from .messages import dumps as _dumps
-from .textbuffer import TextBuffer
+from .textbuffer import MAX_PIECE_CHARS, TextBuffer, bounded_pieces
 
 __all__ = [
     "DEFAULT_INACTIVITY_TIMEOUT",
@@ -106,9 +127,12 @@ __all__ = [
     "MAX_CONTEXTS",
     "MAX_INACTIVITY_TIMEOUT",
     "MAX_MESSAGE_CHARS",
+    "MAX_PENDING_CHARS",
+    "MAX_PIECE_CHARS",
     "SETTINGS_CHANGED_REASON",
     "Alignment",
     "AudioReceived",
+    "AudioTimedOut",
     "ClientEvent",
     "ClientMessage",
     "ClientProtocol",
@@ -123,7 +147,9 @@ __all__ = [
     "IgnoredFrame",
     "IgnoredMessage",
     "InactivityTimeoutError",
+    "InvalidTextError",
     "KeepAlive",
+    "OutputFormat",
     "PronunciationDictionaryLocator",
     "ProtocolError",
     "ProtocolViolation",
@@ -137,6 +163,7 @@ __all__ = [
     "StaleAudio",
     "StreamParams",
     "Synthesize",
+    "TextBufferFullError",
     "TooManyContextsError",
     "VoiceSettings",
     "api_key_from_query",
@@ -145,6 +172,9 @@ __all__ = [
 ]
 
 _RECENT_FINALS = 64  # remembered finalled context ids (stray keep-alives to them are ignored)
+#: Unspoken text a connection may hold (buffered, or released and not yet synthesized); a
+#: message that would exceed it is refused with a `text_buffer_full` error frame.
+MAX_PENDING_CHARS = 32 * 1024
 
 
 # =============================================================================================
@@ -153,7 +183,7 @@ _RECENT_FINALS = 64  # remembered finalled context ids (stray keep-alives to the
 
 @dataclass(frozen=True)
 class ContextStarted:
-    """A context's first message. `api_key`: the message's key, else the header key."""
+    """A context's first message. `api_key`: the message's key, else the handshake's key."""
 
     context_id: str | None
     voice_settings: VoiceSettings | None
@@ -164,24 +194,35 @@ class ContextStarted:
 
 @dataclass(frozen=True)
 class Synthesize:
-    """Text the server must synthesize now, in order. `flush`: released by a flush/close."""
+    """Text the server must synthesize now, in order, at most MAX_PIECE_CHARS long.
+
+    `flush`: the last piece released by a flush/close (the encoder may be finished after it).
+    `seq`: the piece's number within its context (1, 2, ...); ask `ServerProtocol.wanted`
+    before and during its synthesis. `first_text_at`: the `now` at which the context's first
+    non-blank text arrived.
+    """
 
     context_id: str | None
     text: str
     voice_settings: VoiceSettings | None
     flush: bool
+    seq: int = field(default=0, compare=False)
+    first_text_at: float | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
 class ContextEnded:
-    """No more text for this context: finish its Synthesize events, then `send_final`.
+    """No more text for this context: finish the pieces still wanted, then `send_final`.
 
-    reason: "close" (single "", close_context, close_socket), "timeout" (inactivity) or "error"
-    (a fatal close; the socket is already closing and the final will be dropped).
+    reason: "close" (single "", close_context, close_socket), "timeout" (inactivity), "error"
+    (a fatal close; the socket is already closing and the final will be dropped) or "lost"
+    (the client is gone). `speak_upto`: the last piece (`seq`) still to be spoken; later ones
+    are abandoned (a closed context speaks only its flushed text).
     """
 
     context_id: str | None
     reason: str
+    speak_upto: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True)
@@ -226,7 +267,7 @@ ServerEvent = (
 class ConnectionState(enum.Enum):
     OPEN = "open"  # serving
     CLOSING = "closing"  # graceful close decided; Close(1000) queued after the last final
-    CLOSED = "closed"  # Close queued; nothing more is sent
+    CLOSED = "closed"  # Close queued (or the client is gone); nothing more is sent
 
 
 class ContextState(enum.Enum):
@@ -241,16 +282,29 @@ class _ServerContext:
     buffer: TextBuffer
     last_activity: float
     state: ContextState = ContextState.OPEN
+    first_text_at: float | None = None
+    released: int = 0  # Synthesize pieces emitted so far (their seq are 1..released)
+    flushed_upto: int = 0  # the last piece released by a flush: it and all before must play
+    speak_upto: int = 0  # once ENDED: the last piece still wanted
+    unspoken: dict[int, int] = field(default_factory=dict)  # seq -> characters, not yet done
 
 
 class ServerProtocol:
     """The server side of one connection. See the module docstring for the rules."""
 
     def __init__(
-        self, params: StreamParams, now: float, header_api_key: Secret | None = None
+        self,
+        params: StreamParams,
+        now: float,
+        header_api_key: Secret | None = None,
+        *,
+        max_pending_chars: int = MAX_PENDING_CHARS,
+        max_piece_chars: int = MAX_PIECE_CHARS,
     ) -> None:
         self.params = params
         self.header_api_key = header_api_key
+        self.max_pending_chars = max_pending_chars
+        self.max_piece_chars = max_piece_chars
         self._state = ConnectionState.OPEN
         self._contexts: dict[str | None, _ServerContext] = {}
         self._recent_finals: deque[str | None] = deque(maxlen=_RECENT_FINALS)
@@ -265,8 +319,12 @@ class ServerProtocol:
         return self.params.multi
 
     @property
+    def output_format(self) -> OutputFormat:
+        return self.params.output_format
+
+    @property
     def closed(self) -> bool:
-        """True once a Close has been queued."""
+        """True once a Close has been queued (or the client is gone)."""
         return self._state is ConnectionState.CLOSED
 
     @property
@@ -281,6 +339,45 @@ class ServerProtocol:
     @property
     def open_contexts(self) -> list[str | None]:
         return [c.context_id for c in self._contexts.values() if c.state is ContextState.OPEN]
+
+    @property
+    def pending_chars(self) -> int:
+        """Unspoken text held: buffered, or released and not yet reported done or abandoned."""
+        return sum(
+            len(ctx.buffer.pending) + sum(ctx.unspoken.values()) for ctx in self._contexts.values()
+        )
+
+    # ------------------------------------------------------------------ the closed-context rule
+    def wanted(self, context_id: str | None, seq: int) -> bool:
+        """Is piece `seq` of this context still to be spoken? False once the connection is
+        closed or lost, the context is final or unknown, or the context ended and the piece
+        came after its last flush. Ask before synthesizing a piece and after each engine chunk."""
+        if self._state is ConnectionState.CLOSED:
+            return False
+        ctx = self._contexts.get(context_id)
+        if ctx is None:
+            return False
+        return ctx.state is ContextState.OPEN or seq <= ctx.speak_upto
+
+    def piece_done(self, context_id: str | None, seq: int) -> None:
+        """Piece `seq` was spoken or abandoned: its characters no longer count as pending."""
+        ctx = self._contexts.get(context_id)
+        if ctx is not None:
+            ctx.unspoken.pop(seq, None)
+
+    def connection_lost(self, now: float) -> list[ServerEvent]:
+        """The client is gone (close frame or not): every context ends ("lost"), nothing is
+        wanted any more, nothing more is queued."""
+        self._last_now = max(self._last_now, now)
+        events: list[ServerEvent] = [
+            ContextEnded(ctx.context_id, "lost")
+            for ctx in self._contexts.values()
+            if ctx.state is ContextState.OPEN
+        ]
+        self._contexts.clear()
+        self._state = ConnectionState.CLOSED
+        self._out.clear()
+        return events
 
     # ------------------------------------------------------------------ input
     def receive(self, data: str | bytes, now: float) -> list[ServerEvent]:
@@ -297,10 +394,19 @@ class ServerProtocol:
         except ProtocolError as err:
             self.send_error(err)
             return [IgnoredMessage(f"invalid message: {err.message}")]
+        if msg.text and self.pending_chars + len(msg.text) > self.max_pending_chars:
+            full = TextBufferFullError(
+                f"message refused: this connection already holds {self.pending_chars} "
+                f"characters of unspoken text and the limit is {self.max_pending_chars}; wait "
+                "for audio before sending more, or send text in smaller pieces",
+                code=1008,
+            )
+            self.send_error(full)
+            return [IgnoredMessage(full.message)]
         self._last_message = now
         events: list[ServerEvent] = []
         if msg.unknown_keys:
-            names = ", ".join(k[:40] for k in msg.unknown_keys[:5])
+            names = ", ".join(repr(k[:40]) for k in msg.unknown_keys[:5])
             events.append(IgnoredMessage(f"unknown keys ignored: {names}"))
         if self.multi:
             self._receive_multi(msg, now, events)
@@ -317,14 +423,14 @@ class ServerProtocol:
             ctx = self._start_context(None, msg, now, events)
             if ctx is None:
                 return
-            self._apply_text(ctx, msg, events, first=True, end_on_empty=True)
+            self._apply_text(ctx, msg, now, events, first=True, end_on_empty=True)
             return
         ctx = self._contexts.get(None)
         if ctx is None or ctx.state is not ContextState.OPEN:
             events.append(IgnoredMessage('message after end of input ({"text": ""}) ignored'))
             return
         ctx.last_activity = now
-        self._apply_text(ctx, msg, events, first=False, end_on_empty=True)
+        self._apply_text(ctx, msg, now, events, first=False, end_on_empty=True)
 
     def _receive_multi(self, msg: ClientMessage, now: float, events: list[ServerEvent]) -> None:
         cid = msg.context_id
@@ -366,18 +472,16 @@ class ServerProtocol:
             ctx = self._start_context(cid, msg, now, events)
             if ctx is None:
                 return
-            self._apply_text(ctx, msg, events, first=True, end_on_empty=False)
+            self._apply_text(ctx, msg, now, events, first=True, end_on_empty=False)
         else:
             ctx.last_activity = now
-            self._apply_text(ctx, msg, events, first=False, end_on_empty=False)
+            self._apply_text(ctx, msg, now, events, first=False, end_on_empty=False)
         if (
             msg.close_context
             and self._state is ConnectionState.OPEN
             and ctx.state is ContextState.OPEN
         ):
-            ctx.buffer.drop()
-            ctx.state = ContextState.ENDED
-            events.append(ContextEnded(cid, "close"))
+            self._end(ctx, "close", events)
 
     def _start_context(
         self, cid: str | None, msg: ClientMessage, now: float, events: list[ServerEvent]
@@ -409,6 +513,7 @@ class ServerProtocol:
         self,
         ctx: _ServerContext,
         msg: ClientMessage,
+        now: float,
         events: list[ServerEvent],
         *,
         first: bool,
@@ -428,39 +533,67 @@ class ServerProtocol:
                 )
         text = msg.text
         if end_on_empty and text == "":
-            self._end_single(ctx, events)
+            self._flush(ctx, events)
+            self._end(ctx, "close", events)
             return
         if text:
+            if ctx.first_text_at is None and text.strip():
+                ctx.first_text_at = now
             ctx.buffer.append(text)
         if not first and not (msg.flush or msg.try_trigger_generation or msg.close_context):
             if text is None or not text.strip():
                 events.append(KeepAlive(ctx.context_id))
-        chunks = ctx.buffer.take_ready()
-        for chunk in chunks:
-            events.append(Synthesize(ctx.context_id, chunk, ctx.voice_settings, False))
+        for chunk in ctx.buffer.take_ready():
+            self._release(ctx, chunk, False, events)
         if msg.try_trigger_generation:
             for chunk in ctx.buffer.take_trigger():
-                events.append(Synthesize(ctx.context_id, chunk, ctx.voice_settings, False))
+                self._release(ctx, chunk, False, events)
         if msg.flush:
             self._flush(ctx, events)
+
+    def _release(
+        self, ctx: _ServerContext, text: str, flush: bool, events: list[ServerEvent]
+    ) -> None:
+        """Emit `text` as Synthesize pieces of bounded length (the engine's memory and the time
+        to abandon a piece grow with its length)."""
+        pieces = bounded_pieces(text, self.max_piece_chars)
+        for index, piece in enumerate(pieces):
+            ctx.released += 1
+            ctx.unspoken[ctx.released] = len(piece)
+            last = flush and index == len(pieces) - 1
+            events.append(
+                Synthesize(
+                    ctx.context_id,
+                    piece,
+                    ctx.voice_settings,
+                    last,
+                    seq=ctx.released,
+                    first_text_at=ctx.first_text_at,
+                )
+            )
 
     def _flush(self, ctx: _ServerContext, events: list[ServerEvent]) -> None:
         rest = ctx.buffer.take_all()
         if rest:
-            events.append(Synthesize(ctx.context_id, rest, ctx.voice_settings, True))
+            self._release(ctx, rest, True, events)
+        ctx.flushed_upto = ctx.released
         events.append(Flushed(ctx.context_id))
 
-    def _end_single(self, ctx: _ServerContext, events: list[ServerEvent]) -> None:
-        self._flush(ctx, events)
+    def _end(self, ctx: _ServerContext, reason: str, events: list[ServerEvent]) -> None:
+        """End a context: its unreleased text is dropped, released pieces after its last flush
+        are no longer wanted (the rule lives here, not in the I/O layer)."""
+        ctx.buffer.drop()
         ctx.state = ContextState.ENDED
-        events.append(ContextEnded(ctx.context_id, "close"))
+        ctx.speak_upto = ctx.flushed_upto
+        for seq in [s for s in ctx.unspoken if s > ctx.speak_upto]:
+            del ctx.unspoken[seq]
+        events.append(ContextEnded(ctx.context_id, reason, ctx.speak_upto))
 
     def _close_socket(self, events: list[ServerEvent]) -> None:
         for ctx in self._contexts.values():
             if ctx.state is ContextState.OPEN:
                 self._flush(ctx, events)
-                ctx.state = ContextState.ENDED
-                events.append(ContextEnded(ctx.context_id, "close"))
+                self._end(ctx, "close", events)
         self._state = ConnectionState.CLOSING
         events.append(SocketEnding(1000, ""))
         self._maybe_finish_closing()
@@ -480,7 +613,7 @@ class ServerProtocol:
                 events.append(ContextEnded(ctx.context_id, ended_reason))
         self._contexts.clear()
         if error is not None:
-            self._out.append(_dumps(error.to_frame()))
+            self._out.append(encode_error_frame(error))
         events.append(SocketEnding(code, reason))
         self._queue_close(code, reason)
 
@@ -530,9 +663,7 @@ class ServerProtocol:
             return events
         for due, ctx in sorted(self._context_deadlines(), key=lambda item: item[0]):
             if now >= due:
-                ctx.buffer.drop()
-                ctx.state = ContextState.ENDED
-                events.append(ContextEnded(ctx.context_id, "timeout"))
+                self._end(ctx, "timeout", events)
         return events
 
     # ------------------------------------------------------------------ output
@@ -583,7 +714,7 @@ class ServerProtocol:
     def send_error(self, err: ProtocolError) -> None:
         """Queue an error frame `{"error", "message", "code"}` (the connection stays open)."""
         if self._state is not ConnectionState.CLOSED:
-            self._out.append(_dumps(err.to_frame()))
+            self._out.append(encode_error_frame(err))
 
     def send_close(self, code: int, reason: str = "") -> list[ServerEvent]:
         """Close now (server's own decision, e.g. shutdown or auth failure)."""

@@ -20,20 +20,36 @@ Pure string logic used by `ServerProtocol`:
 
 The concatenation of all released chunks equals the joined text (leading whitespace aside, and
 whitespace-only buffers are dropped at a flush).
+
+- Bounded pieces: `bounded_pieces` cuts a released chunk into pieces of at most
+  MAX_PIECE_CHARS letters for the engine (an emoji or a CJK character counts as 8, a digit as
+  2: what they cost a voice that reads them out): at the last sentence end within the limit,
+  else the last clause break (``, ; : — –``) in its second half, else the last word break,
+  else (a run without spaces, such as ten thousand emoji) at the limit itself, never inside a
+  combining sequence. An engine's memory and the time to abandon a piece grow with its length,
+  so a 2,000-character sentence without punctuation is spoken as 17 pieces, not one call.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 
-from .messages import MAX_SCHEDULE_VALUE, TRY_TRIGGER_MIN_CHARS, GenerationConfig
+from .settings import MAX_SCHEDULE_VALUE, TRY_TRIGGER_MIN_CHARS, GenerationConfig
 
 _CLOSERS = "\"')]}”’»"
 _JOIN_AFTER = ".!?,;:…"
 _SENTENCE_END = ".!?…"
 _OPENERS = "¿¡([“‘"
 _SENTENCE_BOUNDARY = re.compile(r"[.!?…][\"')\]}”’»]*\s+")
+_CLAUSE_BOUNDARY = re.compile(r"[,;:\u2013\u2014][\"')\]}”’»]*\s+")
+_WORD_BOUNDARY = re.compile(r"\s+")
+#: Most text handed to the engine in one call, in letters (`char_cost`; plus at most
+#: _TRAILING_SPACE whitespace). piper's memory for one call grows about 1.2 MB a letter (its
+#: arena keeps the peak), so this bounds it near what one long ordinary sentence takes.
+MAX_PIECE_CHARS = 120
+_TRAILING_SPACE = 8
 
 
 def needs_space(tail: str, piece: str) -> bool:
@@ -139,3 +155,71 @@ class TextBuffer:
     def _release(self, cut: int) -> list[str]:
         chunk, self.pending = self.pending[:cut], self.pending[cut:]
         return [chunk] if chunk.strip() else []
+
+
+def _last_end(pattern: re.Pattern[str], text: str, start: int = 1) -> int:
+    """End of the last match of `pattern` in `text` that starts at or after `start` (0: none)."""
+    cut = 0
+    for match in pattern.finditer(text, start):
+        cut = match.end()
+    return cut
+
+
+def _joins_previous(char: str) -> bool:
+    """Characters that belong to the one before them (combining marks, joiners, selectors)."""
+    return (
+        bool(unicodedata.combining(char))
+        or char in "\u200d\ufe0e\ufe0f"
+        or (
+            "\U0001f3fb" <= char <= "\U0001f3ff"  # skin tone modifiers
+        )
+    )
+
+
+def char_cost(char: str) -> int:
+    """What a character costs an engine, in letters: a Latin letter, space or punctuation 1, a
+    digit 2 (numbers are read out), anything else 8 (an English voice reads an emoji or a CJK
+    character by its name: piper spends about eight times a letter's time on one)."""
+    if char < "\u0250":
+        return 2 if char.isdigit() else 1
+    return 1 if char.isspace() or unicodedata.combining(char) else 8
+
+
+def _fit(text: str, budget: int) -> int:
+    """How many leading characters of `text` cost at most `budget` (at least 1)."""
+    total = 0
+    for index, char in enumerate(text):
+        total += char_cost(char)
+        if total > budget:
+            return max(1, index)
+    return len(text)
+
+
+def bounded_pieces(text: str, limit: int = MAX_PIECE_CHARS) -> list[str]:
+    """`text` cut into pieces costing at most `limit` (`char_cost`: letters, where an emoji
+    counts 8; see the module doc; the last piece may carry a few more trailing spaces). The
+    pieces join back to `text`, whitespace-only pieces left out."""
+    if limit < 2:
+        raise ValueError("limit must be at least 2 characters")
+    pieces: list[str] = []
+    rest = text
+    while True:
+        size = _fit(rest, limit)
+        if size >= len(rest):
+            break
+        if not rest[size:].strip() and len(rest) - size <= _TRAILING_SPACE:
+            break  # only a little whitespace runs past the limit: it stays with its words
+        window = rest[: size + 1]  # a boundary's whitespace may sit just past the limit
+        cut = _last_end(_SENTENCE_BOUNDARY, window)
+        if cut == 0 or cut > size:
+            cut = _last_end(_CLAUSE_BOUNDARY, window, size // 2)
+        if cut == 0 or cut > size:
+            cut = _last_end(_WORD_BOUNDARY, window[:size])
+        if cut == 0:
+            cut = size
+            while cut > 1 and _joins_previous(rest[cut]):
+                cut -= 1
+        pieces.append(rest[:cut])
+        rest = rest[cut:]
+    pieces.append(rest)
+    return [piece for piece in pieces if piece.strip()]
