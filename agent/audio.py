@@ -232,6 +232,15 @@ def alaw_decode(data: bytes) -> bytes:
 # Float conversion and WAV files
 
 
+def decode_g711(encoding: str, data: bytes) -> bytes:
+    """``data`` in G.711 ``encoding`` ("ulaw" or "alaw") as PCM16."""
+    if encoding == "ulaw":
+        return ulaw_decode(data)
+    if encoding == "alaw":
+        return alaw_decode(data)
+    raise ValueError(f"cannot decode {encoding!r} audio here; ask the TTS for PCM or G.711")
+
+
 def pcm_to_float(pcm: bytes) -> Float32Array:
     """PCM16 to float32 in [-1.0, 1.0) (sample / 32768)."""
     return pcm_to_array(pcm).astype(np.float32) / np.float32(32768.0)

@@ -51,6 +51,7 @@ class TurnRecord:
     error: str | None = None
     timeline: TurnTimeline = field(default_factory=TurnTimeline)
     tools: list[ToolRecord] = field(default_factory=list)
+    tts_context: str = ""  # the TTS stream's id on the wire (joins server-side timings)
     cause: BaseException | None = field(default=None, repr=False, compare=False)  # of `error`
 
     def at(self, mark: str) -> float | None:
@@ -74,6 +75,7 @@ class TurnRecord:
             "heard_text": self.heard_text,
             "interrupted": self.interrupted,
             "error": self.error,
+            "tts_context": self.tts_context,
             **self.timeline.to_dict(),
             "tools": [asdict(tool) for tool in self.tools],
         }

@@ -41,6 +41,7 @@ class TTSError(VoxloopError):
 class ProtocolError(VoxloopError):
     """A peer sent something its wire protocol does not allow."""
 
+
 class LLMError(VoxloopError):
     """Base class: the LLM could not produce (the rest of) a reply."""
 
@@ -105,6 +106,7 @@ class LLMStreamError(LLMError):
     def __init__(self, message: str, *, deltas_delivered: int) -> None:
         super().__init__(message)
         self.deltas_delivered = deltas_delivered
+
 
 def unwrap(err: BaseException) -> BaseException:
     """The single leaf of nested exception groups (task groups wrap errors), else ``err``."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from agent.audio import AudioFrame
@@ -105,13 +105,16 @@ class WordTiming:
 
 @dataclass(slots=True)
 class SpeechChunk:
-    """A piece of synthesized speech: PCM16 mono at `sample_rate`, plus character alignment."""
+    """A piece of synthesized speech: PCM16 mono at `sample_rate` (or, when `encoding` is not
+    "pcm", the TTS's own bytes, e.g. G.711 "ulaw", passed through undecoded), plus character
+    alignment."""
 
     pcm: bytes
     sample_rate: int
     chars: list[str] = field(default_factory=list)
     char_starts: list[float] = field(default_factory=list)  # absolute seconds in the context
     char_ends: list[float] = field(default_factory=list)
+    encoding: str = "pcm"
 
 
 class AudioOutput(Protocol):
@@ -170,6 +173,18 @@ class AudioOutput(Protocol):
         ...
 
 
+@runtime_checkable
+class EncodedAudioOutput(Protocol):
+    """An output that takes some encodings as they are (a phone line takes G.711 μ-law), so
+    the TTS's bytes pass through without decoding and re-encoding."""
+
+    encodings: tuple[str, ...]
+
+    async def play_encoded(self, encoding: str, data: bytes) -> None:
+        """Queue ``data`` in ``encoding`` (one of `encodings`) for playout."""
+        ...
+
+
 class Transport(Protocol):
     """A duplex audio line: microphone frames in, an `AudioOutput` out, and the clock of the
     conversation (stream seconds) that both are measured on."""
@@ -191,6 +206,12 @@ class Transport(Protocol):
 
 class TTSStream(Protocol):
     """One utterance on a TTS connection (an ElevenLabs context): text in, speech out."""
+
+    @property
+    def context_id(self) -> str:
+        """The stream's id on the wire ("" where the protocol has none): what a server's own
+        per-stream timings are found by."""
+        ...
 
     async def send(self, text: str) -> None:
         """Send text that ends at a word boundary. Cancelling may leave it unsent."""

@@ -22,7 +22,7 @@ from contextlib import aclosing
 
 import anyio
 
-from agent.audio import StreamResampler
+from agent.audio import StreamResampler, decode_g711
 from agent.conversation import ToolRecord, TurnRecord
 from agent.errors import AudioDeviceError, LLMError, VoxloopError, sole
 from agent.events import AgentText, Event, ToolCalled, ToolFinished
@@ -31,6 +31,7 @@ from agent.interfaces import (
     TTS,
     AudioOutput,
     ChatMessage,
+    EncodedAudioOutput,
     LLMChunk,
     TextDelta,
     ToolSchema,
@@ -128,6 +129,7 @@ class Session:
         spoken: list[str] = []
         try:
             stream = await self.tts.open_context()
+            record.tts_context = stream.context_id
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._speak, stream, record, spoken, say)
                 tg.start_soon(self._play, stream, record, on_audio)
@@ -281,6 +283,12 @@ class Session:
                 if on_audio is not None:
                     on_audio()
             pcm = chunk.pcm
+            if chunk.encoding != "pcm":
+                output = self.output
+                if isinstance(output, EncodedAudioOutput) and chunk.encoding in output.encodings:
+                    await output.play_encoded(chunk.encoding, pcm)  # e.g. μ-law to a phone line
+                    continue
+                pcm = decode_g711(chunk.encoding, pcm)
             if chunk.sample_rate != rate:  # a TTS format other than the output's: convert
                 if resampler is None:
                     resampler = StreamResampler(chunk.sample_rate, rate)

@@ -297,8 +297,9 @@ def validate(schema: Mapping[str, Any], value: Any, path: str = "") -> list[str]
     if isinstance(value, dict):
         properties: Mapping[str, Any] = schema.get("properties", {})
         prefix = f"{path}." if path else ""
-        errors += [f"{prefix}{name}: missing" for name in schema.get("required", ())
-                   if name not in value]
+        errors += [
+            f"{prefix}{name}: missing" for name in schema.get("required", ()) if name not in value
+        ]
         extra = schema.get("additionalProperties", True)
         for name, item in value.items():
             if name in properties:

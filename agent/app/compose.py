@@ -224,10 +224,16 @@ def tools_notice(llm: OpenAILLM, tools: Sequence[Tool[..., Any]], progress: Prog
 
 
 def make_tts(
-    settings: AgentSettings, ep: Endpoint, sample_rate: int, *, output_format: str | None = None
+    settings: AgentSettings,
+    ep: Endpoint,
+    sample_rate: int,
+    *,
+    output_format: str | None = None,
+    decode_audio: bool = True,
 ) -> ElevenLabsTTS:
     """The ElevenLabs-protocol TTS connection for an endpoint, producing PCM at ``sample_rate``
-    (or ``output_format``, e.g. ulaw_8000 for phone lines). Open it with ``async with``."""
+    (or ``output_format``, e.g. ulaw_8000 for phone lines, passed through undecoded when
+    ``decode_audio`` is False). Open it with ``async with``."""
     from plugins.elevenlabs.client import DEFAULT_VOICE_ID, ElevenLabsTTS, TTSConfig
     from plugins.elevenlabs.protocol import GenerationConfig
 
@@ -236,5 +242,6 @@ def make_tts(
         model_id=settings.tts_model,
         output_format=output_format or f"pcm_{sample_rate}",
         generation_config=GenerationConfig(chunk_length_schedule=AGENT_SCHEDULE),
+        decode_audio=decode_audio,
     )
     return ElevenLabsTTS(config, api_key=ep.api_key, base_url=ep.url)

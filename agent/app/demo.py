@@ -36,6 +36,7 @@ from agent.vad import VadConfig
 from agent.voice_agent import Agent, AgentOptions, Conversation
 
 if TYPE_CHECKING:
+    from plugins.elevenlabs.server import LocalTTSServer
     from plugins.virtual.transport import VirtualTransport
 
 RATE = 16000
@@ -183,7 +184,7 @@ async def run_demo(
                             say(f"agent: {event.state}")
             log = conversation.log
         if tts_ep.server is not None:
-            add_tts_timings(log, tts_ep.server.stats.contexts)
+            add_tts_timings(log, tts_ep.server)
     log.notes["script"] = [line.text for line in lines]
     files = await anyio.to_thread.run_sync(
         write_all, out_dir, log, transport.recorded_input(), transport.recorded_output()
@@ -192,20 +193,22 @@ async def run_demo(
     return DemoResult(log, files, conversation.history)
 
 
-def add_tts_timings(log: ConversationLog, contexts: Sequence[Any]) -> None:
+def add_tts_timings(log: ConversationLog, server: LocalTTSServer) -> None:
     """With the local TTS server in this process: split each answered turn's wait for audio
     into the LLM writing enough text (first token -> synthesis starts) and the engine's own
-    first chunk. Turns that reached the LLM map in order onto TTS contexts."""
-    answered = [t for t in log.turns if t.at("first_text_sent") is not None]
-    for record, ctx in zip(answered, contexts, strict=False):
-        first_token = record.at("first_token")
-        if first_token is None or ctx.first_synthesize_at is None:
+    first chunk. The server's timings are found by each turn's context id and are durations,
+    so no second clock enters the turn's timeline."""
+    for record in log.turns:
+        to_socket = record.latency_ms("text_to_socket")
+        try:
+            timing = server.stats.context(record.tts_context)
+        except KeyError:
             continue
-        record.durations_ms["llm_until_tts"] = round(
-            (ctx.first_synthesize_at - first_token) * 1000, 2
-        )
-        if ctx.engine_first_chunk_s is not None:
-            record.durations_ms["tts_engine"] = round(ctx.engine_first_chunk_s * 1000, 2)
+        if to_socket is not None and timing.text_to_synthesis_s is not None:
+            waited = to_socket + timing.text_to_synthesis_s * 1000
+            record.durations_ms["llm_until_tts"] = round(waited, 2)
+        if timing.engine_first_chunk_s is not None:
+            record.durations_ms["tts_engine"] = round(timing.engine_first_chunk_s * 1000, 2)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -79,17 +79,21 @@ class PhoneBot:
         self.out_dir = out_dir
         self.say = say
         self.finished: list[Conversation] = []  # the conversations of ended calls (tests read it)
+        self.calls: list[TwilioCall] = []
 
     async def __call__(self, call: TwilioCall) -> None:
         """Converse on ``call`` until it ends (the caller hangs up, or `end_call`); then write
         its files. Cancelling ends the conversation (cleanup shielded) and writes nothing."""
         sid = call.call_sid or "call"
+        self.calls.append(call)
         call.output.recording = bytearray()
         caller = bytearray()
         self.say(f"[{sid}] call from {call.info.custom_parameters.get('From', 'unknown')}")
-        async with make_tts(
-            self.settings, self.tts_endpoint, RATE, output_format="ulaw_8000"
-        ) as tts:
+        # ulaw_8000, passed to Twilio as it comes: no decoding and re-encoding on the way
+        ulaw = make_tts(
+            self.settings, self.tts_endpoint, RATE, output_format="ulaw_8000", decode_audio=False
+        )
+        async with ulaw as tts:
             agent = Agent(
                 stt=self.stt,
                 llm=self.llm,

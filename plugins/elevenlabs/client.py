@@ -278,7 +278,11 @@ class TTSContext:
         if self.first_audio_at is None:
             self.first_audio_at = time.monotonic()
         rate = self._fmt.sample_rate
-        seconds = len(pcm) / 2 / rate if self._decoder is not None else 0.0
+        passthrough = self._decoder is None and self._fmt.codec in ("ulaw", "alaw")
+        if self._decoder is not None:
+            seconds = len(pcm) / 2 / rate
+        else:  # undecoded: G.711 is one byte a sample; mp3 has no length without decoding
+            seconds = len(pcm) / rate if passthrough else 0.0
         chars = self._tracker.feed(event.alignment, seconds)
         self.audio_seconds += seconds
         chunk = SpeechChunk(
@@ -287,6 +291,7 @@ class TTSContext:
             chars=[c for c, _, _ in chars],
             char_starts=[s for _, s, _ in chars],
             char_ends=[e for _, _, e in chars],
+            encoding=self._fmt.codec if passthrough else "pcm",
         )
         await self._put(chunk)
         self._owner.protocol.delivered(self.id, time.monotonic())

@@ -72,9 +72,15 @@ class TwilioOutput:
     """
 
     sample_rate = SAMPLE_RATE
+    encodings = ("ulaw",)  # the TTS's ulaw_8000 passes through (see `play_encoded`)
 
-    def __init__(self, pacer: OutboundPacer, protocol: BotProtocol, wake: Callable[[], None],
-                 max_queue_seconds: float = 2.0) -> None:
+    def __init__(
+        self,
+        pacer: OutboundPacer,
+        protocol: BotProtocol,
+        wake: Callable[[], None],
+        max_queue_seconds: float = 2.0,
+    ) -> None:
         self._pacer = pacer
         self._protocol = protocol
         self._wake = wake
@@ -82,6 +88,7 @@ class TwilioOutput:
         self._changed = anyio.Event()
         self.closed = False
         self.clears = 0
+        self.passed_through = 0  # bytes of TTS μ-law sent as they came (`play_encoded`)
         #: the conversation's clock (the call's stream time); set by `TwilioCall`
         self.clock: Callable[[], float] = anyio.current_time
         self._first_at: float | None = None  # when this turn's first frame went out
@@ -101,6 +108,13 @@ class TwilioOutput:
         """Queue PCM16 mono at 8 kHz. Waits while 2 s are queued; cancelling queues nothing
         more of this chunk."""
         await self.play_ulaw(ulaw_encode(pcm))
+
+    async def play_encoded(self, encoding: str, data: bytes) -> None:
+        """Queue audio in one of `encodings` as it is: μ-law goes out undecoded."""
+        if encoding != "ulaw":
+            raise ValueError(f"a phone line takes ulaw audio, not {encoding!r}")
+        self.passed_through += len(data)
+        await self.play_ulaw(data)
 
     async def play_ulaw(self, ulaw: bytes) -> None:
         """Queue 8 kHz mu-law as it is (no decoding). Waits while `max_queue_seconds` are
@@ -203,9 +217,14 @@ class TwilioOutput:
 class TwilioCall:
     """One live call, as a call handler sees it (the Transport shape: `mic_frames`, `output`)."""
 
-    def __init__(self, info: StartInfo, output: TwilioOutput,
-                 mic: MemoryObjectReceiveStream[AudioFrame],
-                 dtmf: MemoryObjectReceiveStream[str], hang_up: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        info: StartInfo,
+        output: TwilioOutput,
+        mic: MemoryObjectReceiveStream[AudioFrame],
+        dtmf: MemoryObjectReceiveStream[str],
+        hang_up: Callable[[str], None],
+    ) -> None:
         self.info = info
         self.output = output
         self.sample_rate = SAMPLE_RATE
@@ -335,8 +354,13 @@ async def run_call(
     def on_violation(v: Violation) -> None:
         counts[v.kind] = v.count
         if v.count == 1:
-            log.warning("call %s: bad media-stream input (%s): %s%s", label(), v.kind, v.detail,
-                        "; closing the call" if v.fatal else "; ignored, the call goes on")
+            log.warning(
+                "call %s: bad media-stream input (%s): %s%s",
+                label(),
+                v.kind,
+                v.detail,
+                "; closing the call" if v.fatal else "; ignored, the call goes on",
+            )
         if v.fatal:
             closed = protocol.closed
             end(closed.reason if closed else f"{v.kind}: {v.detail}", closed)
@@ -349,8 +373,11 @@ async def run_call(
             if message is None:
                 end("caller closed the socket")
                 return
-            events = (protocol.receive_text(message, now) if isinstance(message, str)
-                      else protocol.receive_binary(message, now))
+            events = (
+                protocol.receive_text(message, now)
+                if isinstance(message, str)
+                else protocol.receive_binary(message, now)
+            )
             for event in events:
                 if isinstance(event, MediaReceived):
                     rec.frames_in += 1
@@ -381,8 +408,11 @@ async def run_call(
                         log.warning("call %s: media stream refused: %s", label(), refusal)
                         end(f"refused: {refusal}", Close(1008, refusal))
                         break
-                    params = {k: v for k, v in event.info.custom_parameters.items()
-                              if k != STREAM_TOKEN_PARAM}
+                    params = {
+                        k: v
+                        for k, v in event.info.custom_parameters.items()
+                        if k != STREAM_TOKEN_PARAM
+                    }
                     info = replace(event.info, custom_parameters=params)
                     call = TwilioCall(info, output, mic_recv, dtmf_recv, hang_up)
                     tg.start_soon(run_handler, call)
@@ -435,8 +465,9 @@ async def run_call(
                 await socket.send_text(item)
             if done.is_set():
                 return
-            deadlines = [d for d in (protocol.next_deadline(), pacer.next_deadline())
-                         if d is not None]
+            deadlines = [
+                d for d in (protocol.next_deadline(), pacer.next_deadline()) if d is not None
+            ]
             timeout = min(deadlines) - anyio.current_time() if deadlines else math.inf
             if timeout > 0:
                 with anyio.move_on_after(timeout):
