@@ -195,3 +195,28 @@ def test_missing_times_show_a_dash() -> None:
     table = turn_table(log)
     assert "[error]" in table
     assert table.count("—") >= 5
+
+
+def test_tool_calls_show_in_the_transcript_metrics_and_picture(tmp_path: Path) -> None:
+    from agent.conversation import ToolRecord
+
+    log = sample_log()
+    first = log.turns[0]
+    first.timeline.mark("first_tool_call", 2.4)
+    first.timeline.mark("tool_results", 2.6)
+    first.tools = [
+        ToolRecord("c1", "get_weather", '{"city": "Paris"}', "ok", "sunny", 0.2),
+        ToolRecord("c2", "book_table", "{}", "ok", "booked", 1.5, spoken=False),
+    ]
+    user, agent = sample_audio()
+    files = write_all(tmp_path / "tools", log, user, agent)
+    text = files["transcript"].read_text(encoding="utf-8")
+    assert '- tool: `get_weather({"city": "Paris"})` → ok in 200 ms' in text
+    assert "book_table({}...)" not in text and "recorded, not spoken" in text
+    turn = json.loads(files["metrics"].read_text(encoding="utf-8"))["turns"][0]
+    assert [(t["name"], t["outcome"], t["seconds"]) for t in turn["tools"]] == [
+        ("get_weather", "ok", 0.2),
+        ("book_table", "ok", 1.5),
+    ]
+    assert turn["latencies_ms"]["tools"] == pytest.approx(200)
+    assert files["timeline"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

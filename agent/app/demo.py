@@ -24,9 +24,11 @@ from agent.app.compose import (
     Progress,
     llm_endpoint,
     load_stt,
+    load_tools,
     make_llm,
     make_tts,
     stderr_progress,
+    tools_notice,
     tts_endpoint,
 )
 from agent.conversation import ConversationLog
@@ -142,6 +144,7 @@ async def run_demo(
 
     settings = settings or AgentSettings(instructions=DEMO_PROMPT, max_tokens=90)
     say = progress or (lambda _m: None)
+    tools = load_tools(settings.tools_file)
     say("preparing the scripted user's voice")
     engine = await anyio.to_thread.run_sync(lambda: PiperEngine.load(progress=progress))
     voices = await anyio.to_thread.run_sync(
@@ -158,11 +161,13 @@ async def run_demo(
         say(f"LLM: {llm_ep.describe()}")
         say(f"TTS: {tts_ep.describe()}")
         async with make_llm(settings, llm_ep) as llm, make_tts(settings, tts_ep, RATE) as tts:
+            tools_notice(llm, tools, say)
             agent = Agent(
                 stt=stt,
                 llm=llm,
                 tts=tts,
                 instructions=settings.instructions,
+                tools=tools,
                 options=AgentOptions(
                     vad=VadConfig(min_silence_ms=500), sentence_mode=settings.sentence_mode
                 ),
@@ -216,7 +221,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     progress = stderr_progress("demo")
     out_dir = Path(args.out)
     settings = AgentSettings(
-        llm_url=args.llm_url, tts_url=args.tts_url, instructions=DEMO_PROMPT, max_tokens=90
+        llm_url=args.llm_url,
+        tts_url=args.tts_url,
+        instructions=DEMO_PROMPT,
+        max_tokens=90,
+        tools_file=args.tools,
     )
     result = anyio.run(
         lambda: run_demo(out_dir, settings=settings, progress=progress, echo_gain=args.echo)
@@ -248,6 +257,9 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--llm-url", help="use this OpenAI-compatible server instead of the local one")
     p.add_argument("--tts-url", help="use this ElevenLabs-protocol server instead of the local one")
+    p.add_argument(
+        "--tools", metavar="FILE", help="a Python file whose @tool functions the agent may call"
+    )
     p.add_argument(
         "--echo",
         type=float,

@@ -144,7 +144,18 @@ def _transcript_lines(turn: TurnRecord) -> list[str]:
         f"(end of turn {_ms(lat('end_of_turn_wait'))}, stt {_ms(lat('stt'))}, "
         f"ttft {_ms(lat('ttft'))}, ttfb {_ms(lat('ttfb'))}, playout {_ms(lat('playout'))})"
     )
+    lines.extend(_tool_lines(turn))
     lines.append("")
+    return lines
+
+
+def _tool_lines(turn: TurnRecord) -> list[str]:
+    """One line per tool call: what was called, how it ended, how long it took."""
+    lines = []
+    for call in turn.tools:
+        took = "" if call.seconds is None else f" in {call.seconds * 1000:.0f} ms"
+        late = "" if call.spoken else " (after the interruption: recorded, not spoken)"
+        lines.append(f"  - tool: `{call.name}({call.arguments})` → {call.outcome}{took}{late}")
     return lines
 
 
@@ -262,6 +273,7 @@ _USER_COLOR = "#3b7dd8"
 _AGENT_COLOR = "#3aa35b"
 _CUT_COLOR = "#d43c3c"
 _V2V_COLOR = "#6a3d9a"
+_TOOL_COLOR = "#b8860b"
 _LABEL_SIZE = 9.5
 _MARK_SIZE = 10.5
 
@@ -330,6 +342,7 @@ def render_timeline(path: str | Path, log: ConversationLog, *, title: str = "vox
         for turn in sorted(log.turns, key=lambda t: t.at("user_speech_end") or 0.0):
             label_right = _draw_turn_latency(ax, turn, px_per_second, x0, label_right)
             _draw_barge_in(ax, turn)
+            _draw_tools(ax, turn)
 
         ax.set_yticks([_USER_Y, _AGENT_Y], ["user", "agent"], fontsize=13)
         ax.set_xlabel("time on the call (s)", fontsize=11)
@@ -536,6 +549,26 @@ def _draw_turn_latency(
             color="#444444",
         )
     return centre_px + half_px if lift == 0.0 else label_right
+
+
+def _draw_tools(ax: Any, turn: TurnRecord) -> None:
+    """The turn's tool rounds: a bar under the agent lane from the calls to the results."""
+    start, end = turn.at("first_tool_call"), turn.at("tool_results")
+    if start is None or not turn.tools:
+        return
+    end = end if end is not None else turn.at("turn_end") or start
+    y = _AGENT_Y - _LANE_HEIGHT / 2 - 0.15
+    ax.plot([start, end], [y, y], color=_TOOL_COLOR, linewidth=4, solid_capstyle="butt")
+    names = ", ".join(sorted({call.name for call in turn.tools}))
+    ax.text(
+        start,
+        y - 0.08,
+        f"tools: {names}",
+        ha="left",
+        va="top",
+        fontsize=_LABEL_SIZE,
+        color=_TOOL_COLOR,
+    )
 
 
 def _draw_barge_in(ax: Any, turn: TurnRecord) -> None:
