@@ -10,6 +10,7 @@ base_url=server.base_url)`.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import shutil
@@ -256,33 +257,45 @@ class LocalLLMServer:
             )
         try:
             await self._wait_ready(started)
-        except Exception:
+            self._report(
+                f"{MODEL_NAME} ready at {self.base_url} ({time.monotonic() - started:.1f} s)"
+            )
+        except LLMError:
             await self.stop(keep_log=True)  # a failed start: its log explains it
             raise
         except BaseException:
-            await self.stop()  # cancelled (Ctrl-C, SIGTERM): nothing to read, nothing left
+            # cancelled (Ctrl-C, SIGTERM), or the progress callback failed (a closed
+            # terminal): nothing to read in the log, nothing may be left behind
+            await self.stop()
             raise
-        self._report(f"{MODEL_NAME} ready at {self.base_url} ({time.monotonic() - started:.1f} s)")
 
     async def stop(self, *, keep_log: bool = False) -> None:
         """Terminate the server, kill it after `stop_grace` seconds; remove the log directory.
 
-        Runs shielded: cancelling the caller does not leave the subprocess behind.
+        Runs shielded: cancelling the caller does not leave the subprocess behind. A native
+        `Task.cancel()` gets through anyio's shield (asyncio's runner sends one on Ctrl-C, and
+        the CLI's SIGTERM/SIGHUP take the same path): should one land while stopping, the
+        server is killed at once, without its grace, and the log directory still goes.
         """
         process, self._process = self._process, None
-        with anyio.CancelScope(shield=True):
-            if process is not None:
-                if process.returncode is None:
-                    process.terminate()
-                    with anyio.move_on_after(self.stop_grace):
-                        await process.wait()
+        try:
+            with anyio.CancelScope(shield=True):
+                if process is not None:
                     if process.returncode is None:
-                        process.kill()
-                        await process.wait()
-                await process.aclose()
-        if self._log_dir is not None and not keep_log:
-            shutil.rmtree(self._log_dir, ignore_errors=True)
-            self._log_dir = None
+                        process.terminate()
+                        with anyio.move_on_after(self.stop_grace):
+                            await process.wait()
+                        if process.returncode is None:
+                            process.kill()
+                            await process.wait()
+                    await process.aclose()
+        finally:
+            if process is not None and process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+            if self._log_dir is not None and not keep_log:
+                shutil.rmtree(self._log_dir, ignore_errors=True)
+                self._log_dir = None
 
     async def _wait_ready(self, started: float) -> None:
         assert self._process is not None
