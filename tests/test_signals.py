@@ -6,7 +6,9 @@ Docker, Kubernetes), SIGINT (Ctrl-C) or SIGHUP (a closed terminal). Then: it exi
 bound, with 128 + the signal, and the process table holds nothing of it: not its process
 group, not the llama.cpp server it started (found by a marker in its environment, so other
 runs on the same machine do not count), and the servers' ports are free again. SIGKILL of the
-parent, which no cleanup can answer, must take the llama.cpp server with it too.
+parent, which no cleanup can answer, must take the llama.cpp server with it too. And the real
+hang-up: `llm-server` on a pseudo-terminal that closes; a second signal during the cleanup;
+SIGHUP under `nohup`.
 
 `run` needs a sound device: its process installs the named fake of the sounddevice module
 (tests/fakes/sounddevice.py) as `sounddevice` before the CLI starts, and uses a placeholder
@@ -17,8 +19,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pty
 import queue
 import re
+import select
 import signal
 import socket
 import subprocess
@@ -255,9 +259,9 @@ def eventually(check: object, timeout: float) -> bool:
     return True
 
 
-def llama_server(child: Child) -> Proc:
+def llama_server(marker: str) -> Proc:
     """The llama.cpp server the CLI process started (it must exist by now)."""
-    servers = [p for p in processes_marked(child.marker) if "llama_cpp.server" in p.cmdline]
+    servers = [p for p in processes_marked(marker) if "llama_cpp.server" in p.cmdline]
     assert len(servers) == 1, f"expected one llama_cpp.server, found {servers}"
     return servers[0]
 
@@ -291,7 +295,7 @@ def test_a_signal_stops_the_command_and_its_servers(
         ports = [int(ready.group(1))] if ready.groups() else []
         servers = []
         if command.llm:
-            server = llama_server(child)
+            server = llama_server(child.marker)
             servers.append(server)
             ports.append(llama_port(server))
         child.process.send_signal(sig)
@@ -318,7 +322,7 @@ def test_the_llama_server_dies_with_a_killed_parent(name: str, tmp_path: Path) -
     child = start(command, tmp_path)
     try:
         child.wait_for(command.ready, READY_S)
-        server = llama_server(child)
+        server = llama_server(child.marker)
         child.process.kill()
         assert child.wait_exit(EXIT_S) == -signal.SIGKILL
         assert eventually(lambda: not processes_marked(child.marker), GONE_S), (
@@ -341,3 +345,126 @@ def test_sigterm_while_the_model_loads_stops_the_half_started_server(tmp_path: P
         assert_nothing_left(child, [], tmp_path)
     finally:
         child.kill_all()
+
+
+def test_a_closed_terminal_stops_the_llm_server(tmp_path: Path) -> None:
+    """The real SIGHUP: `voxloop llm-server` in a terminal (a pty, whose session it leads),
+    and the terminal closes. Its last lines go to a dead terminal (EIO): still a clean 129."""
+    marker = uuid.uuid4().hex
+    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", TMPDIR=str(tmp_path))
+    env[MARKER] = marker
+    argv = [sys.executable, "-m", "agent.app.cli", "llm-server", "--port", "0"]
+    pid, master = pty.fork()
+    if pid == 0:  # the child: a new session, the pty its controlling terminal
+        try:
+            os.chdir(tmp_path)
+            os.execve(sys.executable, argv, env)
+        finally:
+            os._exit(127)
+    output = b""
+    try:
+        deadline = time.monotonic() + READY_S
+        while b"serving OpenAI-compatible" not in output:
+            assert time.monotonic() < deadline, output.decode(errors="replace")
+            readable, _, _ = select.select([master], [], [], 0.5)
+            if readable:
+                try:
+                    output += os.read(master, 4096)
+                except OSError:  # EIO: the child is gone
+                    pytest.fail(output.decode(errors="replace"))
+        server = llama_server(marker)
+        os.close(master)  # the terminal closes: the kernel sends SIGHUP to the session
+        master = -1
+        status = _wait_pid(pid, EXIT_S)
+        assert os.waitstatus_to_exitcode(status) == 128 + signal.SIGHUP
+        assert eventually(lambda: not processes_marked(marker), GONE_S), processes_marked(marker)
+        assert eventually(lambda: port_free(llama_port(server)), GONE_S)
+        assert not list(tmp_path.glob("voxloop-llm-*"))
+    finally:
+        if master >= 0:
+            os.close(master)
+        for proc in processes_marked(marker):
+            with contextlib.suppress(OSError):
+                os.kill(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+
+
+def _wait_pid(pid: int, timeout: float) -> int:
+    deadline = time.monotonic() + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            pytest.fail(f"still running {timeout:g} s after the hang-up")
+        time.sleep(0.05)
+
+
+CLEANUP_SCRIPT = """\
+import sys, time
+import anyio
+from agent.app import lifecycle
+
+async def main():
+    try:
+        print("ready", flush=True)
+        await anyio.sleep_forever()
+    finally:
+        with anyio.CancelScope(shield=True):
+            print("cleaning up", flush=True)
+            await anyio.sleep(1.0)
+            print("cleaned up", flush=True)
+
+lifecycle.install()
+try:
+    anyio.run(main)
+    code = 0
+except KeyboardInterrupt:
+    code = 130
+sys.exit(lifecycle.exit_status(code))
+"""
+
+
+@pytest.mark.parametrize("second", ["SIGTERM", "SIGHUP"])
+def test_a_second_signal_does_not_cut_the_cleanup_short(second: str) -> None:
+    """systemd, `kill` twice, a hang-up then a SIGTERM: the first starts the clean stop, the
+    next one must not abort it halfway (the cleanup is what stops the servers)."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", CLEANUP_SCRIPT],
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline() == "ready\n"
+        process.send_signal(signal.SIGTERM)
+        assert process.stdout.readline() == "cleaning up\n"
+        process.send_signal(SIGNALS[second])
+        assert process.stdout.readline() == "cleaned up\n"
+        assert process.wait(10) == 128 + signal.SIGTERM
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(5)
+
+
+def test_a_signal_ignored_at_start_stays_ignored() -> None:
+    """Under `nohup` SIGHUP is ignored on purpose: installing the handlers keeps it so."""
+    script = (
+        "import signal, sys\n"
+        "from agent.app import lifecycle\n"
+        "lifecycle.install()\n"
+        "sys.exit(0 if signal.getsignal(signal.SIGHUP) is signal.SIG_IGN else 1)\n"
+    )
+    result = subprocess.run(
+        ["nohup", sys.executable, "-c", script],
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
