@@ -25,12 +25,16 @@ breathe, so a short run needs the second test). A leak that grows with turns pas
 a run of a few minutes catches only gross leaks; 30 minutes reliably catches 5 MB per 10 min.
 
 Where memory goes (to tell a leak from an allocator that grows and levels off): each sample
-also records the Python heap that tracemalloc traces (`traced_mb`) and glibc's own count of
-the bytes malloc has handed out and not had back (`malloc_in_use_mb`, from mallinfo2: Python
-objects and every native engine's buffers alike) and of the free bytes it keeps in its arenas
-(`malloc_free_mb`). A leak grows `malloc_in_use_mb` with the turns (and `traced_mb` too when
-the leak is Python objects); RSS that rises while in-use stays flat is the allocator keeping
-freed memory (fragmentation, arenas per thread), which levels off. Every
+also records RSS split into anonymous memory (`rss_anon_mb`: heaps, arenas) and file-backed
+pages (`rss_file_mb`: libraries and model files mapped from disk, paged in as they are first
+touched, which levels off at their size); the Python heap that tracemalloc traces
+(`traced_mb`); and glibc's own count of the bytes malloc has handed out and not had back
+(`malloc_in_use_mb`, from mallinfo2: the native engines' buffers and Python's objects over 512
+bytes; smaller Python objects live in pymalloc's own mmapped arenas, which tracemalloc sees)
+and of the freed bytes it keeps in its arenas (`malloc_free_mb`). A native leak grows
+`malloc_in_use_mb` with the turns, a Python one `traced_mb`; RSS that rises while both stay
+flat is file pages being touched or the allocator keeping freed memory (fragmentation, arenas
+per thread), which level off. Every
 `--snapshot-minutes` (stream time), from the end of warm-up, a tracemalloc snapshot is compared
 with the one taken at warm-up: the lines whose allocations grew most are printed and kept in
 the JSON (`snapshots`), so a Python leak names its line. tracemalloc (one frame per allocation)
@@ -94,6 +98,8 @@ WORD_DELAY_S = 0.15
 #: Below this drift a counter counts as flat whatever the noise (units of each metric).
 FLOORS = {
     "rss_mb": 5.0,
+    "rss_anon_mb": 5.0,
+    "rss_file_mb": 5.0,
     "malloc_in_use_mb": 5.0,
     "traced_mb": 2.0,
     "fds": 1.0,
@@ -109,6 +115,8 @@ class Sample:
 
     t: float
     rss_mb: float
+    rss_anon_mb: float
+    rss_file_mb: float
     malloc_in_use_mb: float  # NaN where mallinfo2 is not available (not glibc)
     malloc_free_mb: float
     traced_mb: float  # NaN without tracemalloc
@@ -121,11 +129,11 @@ class Sample:
     cpu_s: float
 
 
-def rss_mb() -> float:
-    """Resident memory of this process (VmRSS), in MB."""
+def rss_mb(field: str = "VmRSS") -> float:
+    """Resident memory of this process in MB: VmRSS, or its part RssAnon / RssFile."""
     with open("/proc/self/status") as status:
         for line in status:
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     return math.nan
 
@@ -293,6 +301,8 @@ async def run(
                     sample = Sample(
                         t=round(transport.clock_seconds, 2),
                         rss_mb=round(rss_mb(), 2),
+                        rss_anon_mb=round(rss_mb("RssAnon"), 2),
+                        rss_file_mb=round(rss_mb("RssFile"), 2),
                         malloc_in_use_mb=round(in_use, 2),
                         malloc_free_mb=round(kept_free, 2),
                         traced_mb=round(traced_mb(), 2),
@@ -306,7 +316,8 @@ async def run(
                     )
                     samples.append(sample)
                     print(
-                        f"  t={sample.t:6.0f} s  rss {sample.rss_mb:7.1f} MB  malloc in use "
+                        f"  t={sample.t:6.0f} s  rss {sample.rss_mb:7.1f} MB (anon "
+                        f"{sample.rss_anon_mb:6.1f} file {sample.rss_file_mb:5.1f})  malloc in use "
                         f"{sample.malloc_in_use_mb:6.1f} free {sample.malloc_free_mb:5.1f}  "
                         f"traced {sample.traced_mb:5.1f}  fds {sample.fds:3d}"
                         f"  tasks {sample.tasks:3d}  contexts {sample.client_contexts}/"
