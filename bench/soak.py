@@ -1,6 +1,7 @@
 """Soak: a long conversation with a barge-in every 5 s, watching for leaks.
 
     python -m bench.soak --minutes 30        (default; --minutes 1 for a quick check)
+    python -m bench.soak --minutes 120 --snapshot-minutes 10   (the long run, for a slow slope)
 
 The user speaks every 5 s on the virtual transport, in real time; the agent answers each time at
 length (`ScriptedChatServer`, a fake for pacing: long answers, the first 16 words at once, then
@@ -23,6 +24,23 @@ show no trend at all; memory jumps by ~20 MB between samples as the engines' all
 breathe, so a short run needs the second test). A leak that grows with turns passes neither;
 a run of a few minutes catches only gross leaks; 30 minutes reliably catches 5 MB per 10 min.
 
+Where memory goes (to tell a leak from an allocator that grows and levels off): each sample
+also records RSS split into anonymous memory (`rss_anon_mb`: heaps, arenas) and file-backed
+pages (`rss_file_mb`: libraries and model files mapped from disk, paged in as they are first
+touched, which levels off at their size); the Python heap that tracemalloc traces
+(`traced_mb`); and glibc's own count of the bytes malloc has handed out and not had back
+(`malloc_in_use_mb`, from mallinfo2: the native engines' buffers and Python's objects over 512
+bytes; smaller Python objects live in pymalloc's own mmapped arenas, which tracemalloc sees)
+and of the freed bytes it keeps in its arenas (`malloc_free_mb`). A native leak grows
+`malloc_in_use_mb` with the turns, a Python one `traced_mb`; RSS that rises while both stay
+flat is file pages being touched or the allocator keeping freed memory (fragmentation, arenas
+per thread), which level off. Every
+`--snapshot-minutes` (stream time), from the end of warm-up, a tracemalloc snapshot is compared
+with the one taken at warm-up: the lines whose allocations grew most are printed and kept in
+the JSON (`snapshots`), so a Python leak names its line. tracemalloc (one frame per allocation)
+costs CPU and memory of its own, which RSS and malloc's figures include; `--no-tracemalloc`
+runs without it.
+
 Not the framework's memory, so kept out of the figures: the fake LLM server's own request log is
 cleared at each sample, and the transport records no audio. The session history does grow by
 two short messages per turn (a real conversation keeps them).
@@ -32,11 +50,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import json
 import math
 import os
 import statistics
+import sys
 import time
+import tracemalloc
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -77,6 +98,10 @@ WORD_DELAY_S = 0.15
 #: Below this drift a counter counts as flat whatever the noise (units of each metric).
 FLOORS = {
     "rss_mb": 5.0,
+    "rss_anon_mb": 5.0,
+    "rss_file_mb": 5.0,
+    "malloc_in_use_mb": 5.0,
+    "traced_mb": 2.0,
     "fds": 1.0,
     "tasks": 2.0,
     "client_contexts": 1.0,
@@ -90,6 +115,11 @@ class Sample:
 
     t: float
     rss_mb: float
+    rss_anon_mb: float
+    rss_file_mb: float
+    malloc_in_use_mb: float  # NaN where mallinfo2 is not available (not glibc)
+    malloc_free_mb: float
+    traced_mb: float  # NaN without tracemalloc
     fds: int
     tasks: int
     client_contexts: int
@@ -99,13 +129,90 @@ class Sample:
     cpu_s: float
 
 
-def rss_mb() -> float:
-    """Resident memory of this process (VmRSS), in MB."""
+def rss_mb(field: str = "VmRSS") -> float:
+    """Resident memory of this process in MB: VmRSS, or its part RssAnon / RssFile."""
     with open("/proc/self/status") as status:
         for line in status:
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     return math.nan
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena", "ordblks", "smblks", "hblks", "hblkhd",
+            "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost",
+        )
+    ]
+
+
+def _load_mallinfo2() -> Any:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        function = ctypes.CDLL(None).mallinfo2
+    except (OSError, AttributeError):  # not glibc, or glibc < 2.33
+        return None
+    function.restype = _MallInfo2
+    function.argtypes = []
+    return function
+
+
+_mallinfo2 = _load_mallinfo2()
+
+
+def malloc_mb() -> tuple[float, float]:
+    """glibc malloc's (in use, kept free) in MB: bytes handed out and not freed (arena chunks
+    plus mmapped blocks), and freed bytes it keeps in its arenas. NaN without mallinfo2."""
+    if _mallinfo2 is None:
+        return math.nan, math.nan
+    info = _mallinfo2()
+    return (info.uordblks + info.hblkhd) / 2**20, info.fordblks / 2**20
+
+
+def traced_mb() -> float:
+    return tracemalloc.get_traced_memory()[0] / 2**20 if tracemalloc.is_tracing() else math.nan
+
+
+_SNAPSHOT_FILTERS = (
+    tracemalloc.Filter(False, tracemalloc.__file__),
+    tracemalloc.Filter(False, "<frozen importlib._bootstrap>"),
+    tracemalloc.Filter(False, "<frozen importlib._bootstrap_external>"),
+    tracemalloc.Filter(False, "<unknown>"),
+)
+
+
+def take_snapshot() -> tracemalloc.Snapshot:
+    return tracemalloc.take_snapshot().filter_traces(_SNAPSHOT_FILTERS)
+
+
+def top_growth(
+    baseline: tracemalloc.Snapshot, snapshot: tracemalloc.Snapshot, limit: int = 10
+) -> list[dict[str, Any]]:
+    """The source lines whose live allocations grew most since `baseline`."""
+    growth = []
+    stats = sorted(snapshot.compare_to(baseline, "lineno"), key=lambda st: -st.size_diff)
+    for stat in stats[:limit]:
+        frame = stat.traceback[0]
+        growth.append(
+            {
+                "where": f"{_short_path(frame.filename)}:{frame.lineno}",
+                "size_diff_kb": round(stat.size_diff / 1024, 1),
+                "size_kb": round(stat.size / 1024, 1),
+                "count_diff": stat.count_diff,
+            }
+        )
+    return growth
+
+
+def _short_path(filename: str) -> str:
+    for marker in ("site-packages/", "/lib/python"):
+        if marker in filename:
+            return filename.split(marker, 1)[1]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return os.path.relpath(filename, root) if filename.startswith(root) else filename
 
 
 def open_fds() -> int:
@@ -145,7 +252,12 @@ async def speak_every_period(
         )
 
 
-async def run(minutes: float) -> dict[str, Any]:
+async def run(
+    minutes: float, *, snapshot_minutes: float = 5.0, trace: bool = True
+) -> dict[str, Any]:
+    """The soak; returns the figures. Cancelling stops it (servers and clients close)."""
+    if trace:
+        tracemalloc.start(1)
     engine = await anyio.to_thread.run_sync(PiperEngine.load)
     stt = WhisperSTT()
     await anyio.to_thread.run_sync(stt.load)
@@ -160,6 +272,12 @@ async def run(minutes: float) -> dict[str, Any]:
         RATE, block_ms=20, realtime=True, duration_s=duration + 0.5, max_record_s=0.0
     )
     samples: list[Sample] = []
+    snapshots: list[dict[str, Any]] = []
+    warmup = min(120.0, 0.25 * duration)
+    snapshot_times = [] if not trace else [
+        warmup + k * snapshot_minutes * 60
+        for k in range(int((duration - warmup) // (snapshot_minutes * 60)) + 1)
+    ]
     fds_before, tasks_before = open_fds(), len(asyncio.all_tasks())
     started = time.monotonic()
     with anyio.fail_after(duration + 120):
@@ -179,9 +297,15 @@ async def run(minutes: float) -> dict[str, Any]:
                 for i in range(n_samples):
                     await transport.wait_until(i * SAMPLE_EVERY_S)
                     fake_llm.requests.clear()  # the fake's own log: not the framework's memory
+                    in_use, kept_free = malloc_mb()
                     sample = Sample(
                         t=round(transport.clock_seconds, 2),
                         rss_mb=round(rss_mb(), 2),
+                        rss_anon_mb=round(rss_mb("RssAnon"), 2),
+                        rss_file_mb=round(rss_mb("RssFile"), 2),
+                        malloc_in_use_mb=round(in_use, 2),
+                        malloc_free_mb=round(kept_free, 2),
+                        traced_mb=round(traced_mb(), 2),
                         fds=open_fds(),
                         tasks=len(asyncio.all_tasks()),
                         client_contexts=client_contexts(tts),
@@ -192,16 +316,48 @@ async def run(minutes: float) -> dict[str, Any]:
                     )
                     samples.append(sample)
                     print(
-                        f"  t={sample.t:6.0f} s  rss {sample.rss_mb:7.1f} MB  fds {sample.fds:3d}"
+                        f"  t={sample.t:6.0f} s  rss {sample.rss_mb:7.1f} MB (anon "
+                        f"{sample.rss_anon_mb:6.1f} file {sample.rss_file_mb:5.1f})  malloc in use "
+                        f"{sample.malloc_in_use_mb:6.1f} free {sample.malloc_free_mb:5.1f}  "
+                        f"traced {sample.traced_mb:5.1f}  fds {sample.fds:3d}"
                         f"  tasks {sample.tasks:3d}  contexts {sample.client_contexts}/"
                         f"{sample.server_contexts}  barge-ins {sample.barge_ins:4d}"
                         f"  turns {sample.turns:4d}",
                         flush=True,
                     )
 
+            async def snapshot_at_intervals() -> None:
+                """A tracemalloc snapshot at the end of warm-up (the baseline), then every
+                `snapshot_minutes`, compared with it (a bounded count). Cancelling stops."""
+                baseline: tracemalloc.Snapshot | None = None
+                for at in snapshot_times:
+                    await transport.wait_until(at)
+                    taking = time.monotonic()
+                    snapshot = take_snapshot()
+                    if baseline is None:
+                        baseline = snapshot
+                        continue
+                    growth = await anyio.to_thread.run_sync(top_growth, baseline, snapshot)
+                    snapshots.append(
+                        {
+                            "t": round(transport.clock_seconds, 1),
+                            "since_t": round(snapshot_times[0], 1),
+                            "traced_mb": round(traced_mb(), 2),
+                            "took_s": round(time.monotonic() - taking, 2),
+                            "top_growth": growth,
+                        }
+                    )
+                    print(f"  tracemalloc, growth since t={snapshot_times[0]:.0f} s:")
+                    for g in growth[:5]:
+                        print(
+                            f"    {g['size_diff_kb']:+9.1f} KB  {g['count_diff']:+7d} blocks  "
+                            f"{g['where']}"
+                        )
+
             async with transport.running(), anyio.create_task_group() as tg:
                 tg.start_soon(speak_every_period, transport, utterances, n_utterances)
                 tg.start_soon(sample_every_period)
+                tg.start_soon(snapshot_at_intervals)
                 await agent.run()  # ends with the transport's duration
                 tg.cancel_scope.cancel()
     wall = time.monotonic() - started
@@ -220,6 +376,8 @@ async def run(minutes: float) -> dict[str, Any]:
         "cpu_s": round(time.process_time(), 1),
         "history_messages": len(session.history),
         "turns_with_heard_words": sum(1 for t in agent.log.turns if t.heard_text),
+        "tracemalloc": "1 frame per allocation" if trace else "off",
+        "snapshots": snapshots,
         "before": {"fds": fds_before, "tasks": tasks_before},
         "after_shutdown": after,
         "samples": [asdict(s) for s in samples],
@@ -251,7 +409,10 @@ def judge(samples: list[dict[str, Any]], duration: float) -> dict[str, dict[str,
     window = (ts[-1] - ts[0]) if len(ts) > 1 else 0.0
     verdicts: dict[str, dict[str, Any]] = {}
     for metric, floor in FLOORS.items():
-        slope, error = fit(ts, [float(s[metric]) for s in kept])
+        values = [float(s[metric]) for s in kept]
+        if any(math.isnan(v) for v in values):  # not measured here (no glibc, no tracemalloc)
+            continue
+        slope, error = fit(ts, values)
         drift = abs(slope) * window
         verdicts[metric] = {
             "first": samples[0][metric],
@@ -298,6 +459,17 @@ def print_summary(result: dict[str, Any], verdicts: dict[str, dict[str, Any]]) -
         f"after shutdown: fds {after['fds']} (before start {before['fds']}), "
         f"tasks {after['tasks']} (before start {before['tasks']})"
     )
+    if result["snapshots"]:
+        last = result["snapshots"][-1]
+        print(
+            f"\ntracemalloc: lines that grew most from t={last['since_t']:g} s "
+            f"to t={last['t']:g} s"
+        )
+        for g in last["top_growth"]:
+            print(
+                f"  {g['size_diff_kb']:+9.1f} KB ({g['size_kb']:9.1f} KB live)  "
+                f"{g['count_diff']:+7d} blocks  {g['where']}"
+            )
 
 
 def main() -> None:
@@ -305,10 +477,25 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--minutes", type=float, default=30.0, help="length of the run (30)")
+    parser.add_argument(
+        "--snapshot-minutes",
+        type=float,
+        default=5.0,
+        help="tracemalloc snapshot interval, stream time (5)",
+    )
+    parser.add_argument(
+        "--no-tracemalloc", action="store_true", help="run without tracemalloc (its overhead)"
+    )
     args = parser.parse_args()
     if args.minutes < 0.5:
         parser.error("--minutes must be at least 0.5 (a few samples are needed)")
-    result = anyio.run(run, args.minutes)
+    if args.snapshot_minutes <= 0:
+        parser.error("--snapshot-minutes must be positive")
+    result = anyio.run(
+        lambda: run(
+            args.minutes, snapshot_minutes=args.snapshot_minutes, trace=not args.no_tracemalloc
+        )
+    )
     verdicts = judge(result["samples"], args.minutes * 60)
     print_summary(result, verdicts)
     result["verdicts"] = verdicts

@@ -284,7 +284,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `voxloop` console script."""
+    """Entry point of the `voxloop` console script.
+
+    SIGTERM and SIGHUP stop a command the way Ctrl-C does (the servers it started are stopped);
+    the exit status is then 128 + the signal (`agent.app.lifecycle`).
+    """
+    from agent.app import lifecycle
+
+    lifecycle.install()
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -296,10 +303,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return handler(args)
+        return lifecycle.exit_status(handler(args))
     except KeyboardInterrupt:
-        return 130
+        return lifecycle.exit_status(130)
     except Exception as err:  # a clear line, not a traceback, for the errors we name
+        if lifecycle.received() is not None:  # failed while stopping (a closed terminal ...)
+            return lifecycle.exit_status(1)
         from agent.errors import describe_error
 
         message = describe_error(err)

@@ -10,9 +10,10 @@ base_url=server.base_url)`.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -46,20 +47,67 @@ Progress = Callable[[str], None]
 
 _POLL_SECONDS = 0.2
 
-# Runs llama_cpp.server with llama.cpp's "extra buffer types" (AMX / weight repacking) turned
-# off. On CPUs that advertise AMX inside some VMs, the AMX matmul faults on its first
-# `ldtilecfg` and the server dies mid-request (seen here: general protection fault in
-# libggml-cpu). Without them SmolLM2-135M still runs at ~130 tok/s on 2 threads.
-_NO_EXTRA_BUFFERS_BOOTSTRAP = """\
+# The child's entry point (`python -c _BOOTSTRAP PARENT_PID MODE server-args...`), kept free of
+# voxloop imports so it starts from any working directory. Two jobs before the server runs:
+#
+# 1. Die with the parent. Linux: prctl(PR_SET_PDEATHSIG, SIGKILL), so the kernel kills the
+#    server the moment the process that started it dies, however it dies (SIGKILL, a crash, an
+#    OOM kill): no thread, no polling, and it works while the server is busy in llama.cpp's C
+#    code. SIGKILL, not SIGTERM: nobody is left to serve, so a graceful shutdown buys nothing,
+#    and a dead parent should not depend on the child cooperating. Then getppid() is checked
+#    against the parent's pid, for a parent that died between fork and prctl. The signal fires
+#    when the *thread* that started the child ends; asyncio starts subprocesses from the event
+#    loop's thread, which outlives every `async with LocalLLMServer()`. Elsewhere (macOS) a
+#    daemon thread polls getppid() twice a second instead (no parent-death signal there). A
+#    pipe the child watches for EOF would also be portable, but it needs a thread in the child
+#    and stays open in any process forked from the parent (multiprocessing, a fork without
+#    exec) after the parent is gone; the kernel's signal has neither hole.
+# 2. MODE "no-extra-buffers" runs llama_cpp.server with llama.cpp's "extra buffer types" (AMX /
+#    weight repacking) turned off. On CPUs that advertise AMX inside some VMs, the AMX matmul
+#    faults on its first `ldtilecfg` and the server dies mid-request (seen here: general
+#    protection fault in libggml-cpu). Without them SmolLM2-135M still runs at ~130 tok/s on 2
+#    threads. MODE "plain" runs it unchanged.
+_BOOTSTRAP = """\
+import os
 import sys
-import llama_cpp.llama_cpp as _lib
-_default_params = _lib.llama_model_default_params
-def _params_without_extra_buffers():
-    params = _default_params()
-    params.use_extra_bufts = False
-    return params
-_lib.llama_model_default_params = _params_without_extra_buffers
+
+
+def _die_with_parent(parent):
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        if libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0:
+            if os.getppid() != parent:  # the parent died before prctl took effect
+                os._exit(1)
+            return
+    import threading
+    import time
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="voxloop parent watch", daemon=True).start()
+
+
+_die_with_parent(int(sys.argv.pop(1)))
+if sys.argv.pop(1) == "no-extra-buffers":
+    import llama_cpp.llama_cpp as _lib
+
+    _default_params = _lib.llama_model_default_params
+
+    def _params_without_extra_buffers():
+        params = _default_params()
+        params.use_extra_bufts = False
+        return params
+
+    _lib.llama_model_default_params = _params_without_extra_buffers
 from llama_cpp.server.__main__ import main
+
 sys.argv[0] = "llama_cpp.server"
 main()
 """
@@ -161,12 +209,9 @@ class LocalLLMServer:
     def command(self) -> list[str]:
         """The server command line (model path and port resolved)."""
         model = self.model_path or find_model()
-        if self.extra_buffer_types:
-            launcher = [sys.executable, "-m", "llama_cpp.server"]
-        else:
-            launcher = [sys.executable, "-c", _NO_EXTRA_BUFFERS_BOOTSTRAP]
+        mode = "plain" if self.extra_buffer_types else "no-extra-buffers"
         return [
-            *launcher,
+            sys.executable, "-c", _BOOTSTRAP, str(os.getpid()), mode,
             "--model", str(model),
             "--model_alias", MODEL_ALIAS,
             "--host", self.host,
@@ -212,30 +257,45 @@ class LocalLLMServer:
             )
         try:
             await self._wait_ready(started)
-        except BaseException:
-            await self.stop(keep_log=True)
+            self._report(
+                f"{MODEL_NAME} ready at {self.base_url} ({time.monotonic() - started:.1f} s)"
+            )
+        except LLMError:
+            await self.stop(keep_log=True)  # a failed start: its log explains it
             raise
-        self._report(f"{MODEL_NAME} ready at {self.base_url} ({time.monotonic() - started:.1f} s)")
+        except BaseException:
+            # cancelled (Ctrl-C, SIGTERM), or the progress callback failed (a closed
+            # terminal): nothing to read in the log, nothing may be left behind
+            await self.stop()
+            raise
 
     async def stop(self, *, keep_log: bool = False) -> None:
         """Terminate the server, kill it after `stop_grace` seconds; remove the log directory.
 
-        Runs shielded: cancelling the caller does not leave the subprocess behind.
+        Runs shielded: cancelling the caller does not leave the subprocess behind. A native
+        `Task.cancel()` gets through anyio's shield (asyncio's runner sends one on Ctrl-C, and
+        the CLI's SIGTERM/SIGHUP take the same path): should one land while stopping, the
+        server is killed at once, without its grace, and the log directory still goes.
         """
         process, self._process = self._process, None
-        with anyio.CancelScope(shield=True):
-            if process is not None:
-                if process.returncode is None:
-                    process.terminate()
-                    with anyio.move_on_after(self.stop_grace):
-                        await process.wait()
+        try:
+            with anyio.CancelScope(shield=True):
+                if process is not None:
                     if process.returncode is None:
-                        process.kill()
-                        await process.wait()
-                await process.aclose()
-        if self._log_dir is not None and not keep_log:
-            shutil.rmtree(self._log_dir, ignore_errors=True)
-            self._log_dir = None
+                        process.terminate()
+                        with anyio.move_on_after(self.stop_grace):
+                            await process.wait()
+                        if process.returncode is None:
+                            process.kill()
+                            await process.wait()
+                    await process.aclose()
+        finally:
+            if process is not None and process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+            if self._log_dir is not None and not keep_log:
+                shutil.rmtree(self._log_dir, ignore_errors=True)
+                self._log_dir = None
 
     async def _wait_ready(self, started: float) -> None:
         assert self._process is not None
@@ -319,7 +379,8 @@ def serve_forever(
 ) -> None:
     """Run the local LLM server in the foreground until Ctrl-C (for `voxloop llm-server`).
 
-    Blocks; returns once the server has stopped after Ctrl-C or SIGTERM. Raises
+    Blocks; returns once the server has stopped after Ctrl-C (and after SIGTERM or SIGHUP when
+    `agent.app.lifecycle.install()` routes them to the same path, as the CLI does). Raises
     `LLMConfigError` or `LocalLLMServerError` when it cannot start or dies while serving.
     """
 
@@ -328,7 +389,6 @@ def serve_forever(
             model_path, host=host, port=port, n_threads=n_threads, n_ctx=n_ctx,
             progress=progress, extra_buffer_types=extra_buffer_types,
         )
-        code: int | None = None
         async with server:
             if progress is not None:
                 progress(
@@ -336,15 +396,10 @@ def serve_forever(
                     f"(model {server.model!r}). Ctrl-C to stop.\n"
                     f"  OPENAI_BASE_URL={server.base_url} OPENAI_API_KEY=local"
                 )
-            async with anyio.create_task_group() as task_group:
-                task_group.start_soon(_stop_on_sigterm, task_group.cancel_scope)
-                code = await server.wait()
-                task_group.cancel_scope.cancel()
-            if code is not None:
-                raise LocalLLMServerError(
-                    f"llama_cpp.server exited unexpectedly with code {code}. "
-                    f"{server.log_excerpt()}"
-                )
+            code = await server.wait()
+            raise LocalLLMServerError(
+                f"llama_cpp.server exited unexpectedly with code {code}. {server.log_excerpt()}"
+            )
 
     try:
         anyio.run(main)
@@ -352,11 +407,3 @@ def serve_forever(
         if progress is not None:
             progress("stopped")
 
-
-async def _stop_on_sigterm(scope: anyio.CancelScope) -> None:
-    if sys.platform == "win32":  # no signal receivers there; Ctrl-C still works
-        return
-    with anyio.open_signal_receiver(signal.SIGTERM) as signals:
-        async for _ in signals:
-            scope.cancel()
-            return
