@@ -9,3 +9,5 @@ python -m bench.tts_latency --trials 30
 python -m bench.turn_pipeline
 python -m bench.bargein --episodes 10
 python -m bench.voice_to_voice
+python -m bench.tool_round
+python -m bench.phone_calls

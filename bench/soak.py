@@ -63,10 +63,8 @@ from typing import Any
 
 import anyio
 
+from agent import Agent, AgentOptions, Conversation, VadConfig
 from agent.audio import resample
-from agent.session import Session
-from agent.vad import VadConfig
-from agent.voice_agent import VoiceAgent, VoiceAgentConfig
 from bench._report import write_json
 from plugins.elevenlabs.client import ElevenLabsTTS, TTSConfig
 from plugins.elevenlabs.server import LocalTTSServer
@@ -287,10 +285,13 @@ async def run(
             OpenAILLM("scripted", base_url=fake_llm.base_url) as llm,
             ElevenLabsTTS(TTSConfig(output_format=f"pcm_{RATE}"), base_url=server.url) as tts,
         ):
-            session = Session(llm, tts, transport.output)
-            agent = VoiceAgent(
-                session, stt, transport, config=VoiceAgentConfig(vad=VadConfig(min_silence_ms=400))
+            agent = Agent(
+                stt=stt,
+                llm=llm,
+                tts=tts,
+                options=AgentOptions(vad=VadConfig(min_silence_ms=400)),
             )
+            live: list[Conversation] = []  # the conversation, once it runs
 
             async def sample_every_period() -> None:
                 """One sample every `SAMPLE_EVERY_S` of stream time (a bounded count)."""
@@ -310,8 +311,8 @@ async def run(
                         tasks=len(asyncio.all_tasks()),
                         client_contexts=client_contexts(tts),
                         server_contexts=server.active_contexts,
-                        barge_ins=agent.barge_ins,
-                        turns=len(agent.log.turns),
+                        barge_ins=live[0].floor.barge_ins if live else 0,
+                        turns=len(live[0].log.turns) if live else 0,
                         cpu_s=round(time.process_time(), 2),
                     )
                     samples.append(sample)
@@ -354,11 +355,16 @@ async def run(
                             f"{g['where']}"
                         )
 
-            async with transport.running(), anyio.create_task_group() as tg:
+            async with (
+                transport.running(),
+                agent.conversation(transport) as conversation,
+                anyio.create_task_group() as tg,
+            ):
+                live.append(conversation)
                 tg.start_soon(speak_every_period, transport, utterances, n_utterances)
                 tg.start_soon(sample_every_period)
                 tg.start_soon(snapshot_at_intervals)
-                await agent.run()  # ends with the transport's duration
+                await conversation.finished.wait()  # ends with the transport's duration
                 tg.cancel_scope.cancel()
     wall = time.monotonic() - started
     await anyio.sleep(0.2)  # let closed sockets' callbacks run
@@ -370,12 +376,12 @@ async def run(
         f"word per {WORD_DELAY_S * 1000:.0f} ms",
         "tts": "LocalTTSServer + piper (real)",
         "utterances": n_utterances,
-        "barge_ins": agent.barge_ins,
-        "turns": len(agent.log.turns),
+        "barge_ins": conversation.floor.barge_ins,
+        "turns": len(conversation.log.turns),
         "wall_s": round(wall, 1),
         "cpu_s": round(time.process_time(), 1),
-        "history_messages": len(session.history),
-        "turns_with_heard_words": sum(1 for t in agent.log.turns if t.heard_text),
+        "history_messages": len(conversation.history),
+        "turns_with_heard_words": sum(1 for t in conversation.log.turns if t.heard_text),
         "tracemalloc": "1 frame per allocation" if trace else "off",
         "snapshots": snapshots,
         "before": {"fds": fds_before, "tasks": tasks_before},

@@ -20,7 +20,7 @@ async def main(question_wav: str) -> None:
     async with (
         LocalLLMServer() as llm_server,
         running_server() as tts_server,
-        OpenAILLM("smollm2", base_url=llm_server.base_url) as llm,
+        OpenAILLM("smollm2", base_url=llm_server.base_url, max_tokens=40) as llm,
         ElevenLabsTTS(base_url=tts_server.url) as tts,
         WhisperSTT() as stt,
         line.running(),

@@ -325,3 +325,19 @@ async def test_audio_thread_reader_gets_every_sample_in_order() -> None:
     expected = (np.arange(total) % 30000).astype(np.int16)
     assert real.tolist() == expected[1:].tolist()
     assert buffer.samples_played == total
+
+
+def test_a_paused_buffer_plays_silence_loses_nothing_and_resumes_where_it_held() -> None:
+    """What barge-in's pause relies on: a false alarm costs no samples and no heard words."""
+    buffer = PlayoutBuffer(16000)
+    pcm = (np.arange(1600, dtype=np.int16) + 1).astype("<i2").tobytes()
+    anyio.run(buffer.write, pcm)
+    first = buffer.read(400)
+    silent_from = buffer.pause()
+    assert silent_from == 400 / 16000
+    assert buffer.read(400) == bytes(800) and buffer.samples_played == 400
+    buffer.resume()
+    assert buffer.read(400) == pcm[800:1600], "playback goes on exactly where it paused"
+    assert first == pcm[:800] and buffer.samples_played == 800
+    buffer.pause()
+    assert buffer.clear() == 800 and buffer.pending_samples == 0

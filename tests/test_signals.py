@@ -84,6 +84,7 @@ COMMANDS = {
             stdin="Tell me about the moon.\nAnd the sun?\nAnd the sea?\n",
         ),
         Command("demo", ("demo", "--out", "{tmp}"), TTS_READY, True),
+        Command("phone", ("phone", "--port", "0", "--out", "{tmp}"), r"phone server on", True),
         Command(
             "run",
             ("run", "--stt-url", "http://127.0.0.1:9/v1"),
