@@ -36,6 +36,7 @@ from agent.interfaces import (
     EncodedAudioOutput,
     LLMChunk,
     TextDelta,
+    ToolCall,
     ToolSchema,
     TTSStream,
 )
@@ -167,22 +168,18 @@ class Session:
         """
         text = _Spoken(TextChunker(sentence_mode=self.sentence_mode), spoken)
         record.timeline.mark("llm_request", self.clock.now())
-        reply = reply_with_tools(
-            self.llm if say is None else _Says(say),
-            self.history,
-            self.toolbox if say is None else None,
-            max_rounds=self.max_tool_rounds,
-            record_reply=False,
-        )
-        async with anyio.create_task_group() as fillers:  # the filler waits beside the reply
-            try:
-                async with aclosing(reply) as chunks:
+        try:
+            if self.toolbox is None or say is not None:  # no tools: the model's stream as is
+                source = self.llm if say is None else _Says(say)
+                async with aclosing(source.stream(self.history)) as chunks:
                     async for chunk in chunks:
-                        await self._take(chunk, stream, record, text, fillers)
-            except LLMError as err:  # caught inside the group, which would wrap it
-                log.warning("turn %d: LLM failed mid-turn: %s", record.index, err)
-                record.error, record.cause = str(err), err
-            fillers.cancel_scope.cancel()
+                        await self._take(chunk, stream, record, text, None)
+            else:
+                await self._speak_with_tools(self.toolbox, stream, record, text)
+        except* LLMError as failed:  # the tool path's task group wraps it in a group
+            err = failed.exceptions[0]
+            log.warning("turn %d: LLM failed mid-turn: %s", record.index, err)
+            record.error, record.cause = str(err), err
         await self._say_rest(stream, record, text)
         record.agent_text = "".join(text.full)
         if text.unflushed:
@@ -190,22 +187,37 @@ class Session:
             record.timeline.mark("flush_sent", self.clock.now())
         await stream.close()
 
+    async def _speak_with_tools(
+        self, toolbox: ToolBox, stream: TTSStream, record: TurnRecord, text: _Spoken
+    ) -> None:
+        """The reply with tool rounds (`reply_with_tools`), a filler task beside it."""
+        reply = reply_with_tools(
+            self.llm, self.history, toolbox, max_rounds=self.max_tool_rounds, record_reply=False
+        )
+        async with anyio.create_task_group() as fillers, aclosing(reply) as chunks:
+            async for chunk in chunks:
+                await self._take(chunk, stream, record, text, fillers)
+            fillers.cancel_scope.cancel()
+
     async def _take(
         self,
-        chunk: ReplyChunk,
+        chunk: ReplyChunk | ToolCall,
         stream: TTSStream,
         record: TurnRecord,
         text: _Spoken,
-        fillers: anyio.abc.TaskGroup,
+        fillers: anyio.abc.TaskGroup | None,
     ) -> None:
-        """One piece of the reply: text to the socket, or a tool round's edge."""
+        """One piece of the reply: text to the socket, or a tool round's edge (a call the
+        model makes when no tools were offered is ignored)."""
         now, timeline = self.clock.now(), record.timeline
-        if isinstance(chunk, TextDelta):
+        if isinstance(chunk, TextDelta):  # the hot path: once per token
             if text.filler is not None:
                 text.filler.cancel()
                 text.filler = None
-            timeline.mark_first("first_token", now)
-            timeline.mark("last_token", now)
+            marks = timeline.marks  # known names: set directly
+            if "first_token" not in marks:
+                marks["first_token"] = now
+            marks["last_token"] = now
             text.full.append(chunk.text)
             for piece in text.chunker.push(chunk.text):
                 await self._send(stream, piece, record, text.spoken)
@@ -218,10 +230,10 @@ class Session:
                 text.unflushed = False
             self._tool_rounds.append((chunk.round, len("".join(text.spoken))))
             self._tools_started(record, chunk, now)
-            if self.tool_filler and text.filler is None:
+            if self.tool_filler and text.filler is None and fillers is not None:
                 text.filler = anyio.CancelScope()
                 fillers.start_soon(self._filler, stream, record, text.spoken, text.filler)
-        else:
+        elif isinstance(chunk, ToolsFinished):
             self._tools_finished(record, chunk, now)
 
     async def _say_rest(self, stream: TTSStream, record: TurnRecord, text: _Spoken) -> None:
@@ -277,9 +289,12 @@ class Session:
     ) -> None:
         await stream.send(piece)
         now = self.clock.now()
-        record.timeline.mark_first("first_text_sent", now)
+        marks = record.timeline.marks
+        if "first_text_sent" not in marks:
+            marks["first_text_sent"] = now
         spoken.append(piece)
-        self._emit(AgentText(record.index, piece, now))
+        if self.on_event is not None:
+            self.on_event(AgentText(record.index, piece, now))
 
     async def _play(
         self, stream: TTSStream, record: TurnRecord, on_audio: Callable[[], None] | None

@@ -30,7 +30,7 @@ from agent import vad
 from agent.audio import AudioFrame
 from agent.conversation import ConversationLog, Segment, TurnRecord
 from agent.echo import EchoConfig, EchoGuard
-from agent.errors import AudioDeviceError
+from agent.errors import AudioDeviceError, VoxloopError
 from agent.events import (
     AgentSaid,
     Dtmf,
@@ -360,9 +360,14 @@ class Conversation:
         if isinstance(utterance, str):  # the agent speaks first (a greeting)
             await self.session.respond("", record, on_audio=audio_started, say=utterance)
             return
-        transcript = await self.agent.stt.transcribe(
-            utterance.audio.pcm, utterance.audio.sample_rate
-        )
+        try:
+            transcript = await self.agent.stt.transcribe(
+                utterance.audio.pcm, utterance.audio.sample_rate
+            )
+        except VoxloopError as err:  # a named STT failure ends this turn, not the conversation
+            log.warning("turn %d: speech to text failed: %s", record.index, err)
+            record.error, record.cause = str(err), err
+            return
         now = self.transport.now()
         record.transcript = transcript.text.strip()
         record.timeline.mark("transcript", now)
@@ -391,7 +396,8 @@ class Conversation:
             )
         timeline.mark_first("turn_end", now)
         lost = self.device_error is not None and record.error == str(self.device_error)
-        if record.error and record.error != "nothing understood" and not lost:
+        quiet = record.error in ("nothing understood", "conversation ended")  # not failures
+        if record.error and not quiet and not lost:
             self._emit(ErrorEvent(record.index, record.error, now))  # the conversation goes on
         if record.agent_text or record.heard_text:
             self._emit(
