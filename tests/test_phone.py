@@ -153,3 +153,56 @@ def test_voxloop_call_takes_any_address_of_the_server() -> None:
     assert webhook_base("http://127.0.0.1:8080") == "http://127.0.0.1:8080"
     with pytest.raises(VoxloopError, match="not a phone server"):
         webhook_base("127.0.0.1:8080")
+
+
+def test_workers_share_one_port_and_drain_on_sigterm(tmp_path: Path) -> None:
+    """`voxloop phone --workers 2`: two processes answer on one port; SIGTERM to the supervisor
+    stops both (no process and no held port left)."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    command = [
+        sys.executable, "-m", "agent.app.cli", "phone", "--workers", "2", "--port", str(port),
+        "--llm-url", "http://127.0.0.1:9/v1", "--stt-url", "http://127.0.0.1:9/v1",
+        "--out", str(tmp_path),
+    ]  # fmt: skip
+    supervisor = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        deadline = time.monotonic() + 90
+        health = None
+        while time.monotonic() < deadline and health is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
+                    health = json.loads(r.read())
+            except OSError:
+                time.sleep(0.3)
+        assert health is not None and health["status"] == "ok", "no worker answered"
+        workers = subprocess.run(
+            ["pgrep", "-P", str(supervisor.pid)], capture_output=True, text=True, check=False
+        ).stdout.split()
+        assert len(workers) == 2, workers
+        supervisor.send_signal(signal.SIGTERM)
+        assert supervisor.wait(timeout=60) == 128 + signal.SIGTERM
+        for pid in workers:
+            assert (
+                not Path(f"/proc/{pid}").exists()
+                or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
+            ), f"worker {pid} outlived the supervisor"
+        with socket.socket() as again:
+            again.bind(("127.0.0.1", port))  # the port is free
+    finally:
+        if supervisor.poll() is None:
+            supervisor.kill()
+        out = supervisor.stdout.read() if supervisor.stdout else ""
+    assert "Traceback" not in out, out[-3000:]

@@ -107,3 +107,15 @@ def quiet_dead_streams() -> None:
                 os.dup2(devnull, stream.fileno())
                 os.close(devnull)
             setattr(sys, name, open(os.devnull, "w"))  # lives until the process exits
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> None:
+    """In a child between fork and exec (``preexec_fn``): have the kernel send ``sig`` when
+    the parent dies, so a worker never outlives its supervisor. Linux only; elsewhere a no-op."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(sig), 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass

@@ -14,6 +14,9 @@ from __future__ import annotations
 import argparse
 import logging
 import re
+import signal
+import subprocess
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -176,7 +179,9 @@ def phone_options(args: argparse.Namespace) -> AgentOptions:
 
 
 def cmd_phone(args: argparse.Namespace) -> int:
-    """Serve phone calls."""
+    """Serve phone calls (in ``--workers`` processes sharing the port, when more than one)."""
+    if args.workers > 1:
+        return supervise_workers(args.workers, args.port)
     try:
         from plugins.twilio import PhoneConfig, serve
     except ImportError as err:
@@ -209,7 +214,7 @@ def cmd_phone(args: argparse.Namespace) -> int:
                 say=lambda line: print(line, flush=True),
             )
             _describe(args, llm_ep, tts_ep, config.auth_token is not None, progress)
-            await serve(bot, config, host=args.host, port=args.port)
+            await serve(bot, config, host=args.host, port=args.port, reuse_port=args.reuse_port)
 
     anyio.run(main)
     return 0
@@ -232,6 +237,36 @@ def _describe(
         else "no TWILIO_AUTH_TOKEN: webhooks are not verified (fine on 127.0.0.1)"
     )
     progress(f"test it without Twilio: voxloop call {here} --say question.wav")
+
+
+def supervise_workers(workers: int, port: int) -> int:
+    """Run ``workers`` copies of this `voxloop phone` on one port (SO_REUSEPORT: the kernel
+    spreads new calls over them) and wait for them. SIGTERM, SIGINT or SIGHUP is passed on, so
+    every worker drains its live calls; a worker dies with this process if it is killed."""
+    from agent.app import lifecycle
+
+    if port == 0:
+        raise VoxloopError("--workers needs a fixed --port (each worker would pick its own)")
+    argv = [a for a in sys.argv[1:] if not a.startswith("--workers")]
+    if "--workers" in sys.argv:  # the form "--workers N": drop its value too
+        i = sys.argv.index("--workers")
+        argv = sys.argv[1:i] + sys.argv[i + 2 :]
+    command = [sys.executable, "-m", "agent.app.cli", *argv, "--reuse-port"]
+    children = [
+        subprocess.Popen(command, preexec_fn=lifecycle.die_with_parent)
+        for _ in range(workers)
+    ]
+    print(f"[phone] {workers} workers on port {port}: pids {[c.pid for c in children]}", flush=True)
+    try:
+        codes = [child.wait() for child in children]
+    except KeyboardInterrupt:  # our SIGTERM/SIGHUP/SIGINT (agent.app.lifecycle): drain them all
+        sig = lifecycle.received() or signal.SIGINT
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(sig)
+        codes = [child.wait() for child in children]
+        return lifecycle.exit_status(130)
+    return max(codes, default=0)
 
 
 # -- voxloop call ------------------------------------------------------------------------------
@@ -311,6 +346,14 @@ def register(sub: Any) -> None:
     add_listening_options(p)
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: %(default)s)")
     p.add_argument("--port", type=int, default=8080, help="port (default: %(default)s)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes sharing the port (each loads its own engines: point --llm-url at one "
+        "shared server when there are several; default: %(default)s)",
+    )
+    p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     p.add_argument(
         "--public-url",
         help="the public https:// or wss:// address Twilio reaches (a tunnel); default: "

@@ -309,9 +309,12 @@ async def serve(
     host: str = "127.0.0.1",
     port: int = 8080,
     started: anyio.Event | None = None,
+    reuse_port: bool = False,
 ) -> PhoneApp:
     """Run the phone server until SIGTERM/SIGINT has drained it (a second signal forces).
 
+    With ``reuse_port`` the listening socket is bound with SO_REUSEPORT, so several worker
+    processes can serve one port (the kernel spreads new connections over them).
     Returns the app (its `finished` records). Cancelling stops the server at once, dropping
     live calls.
     """
@@ -335,7 +338,16 @@ async def serve(
         tg.start_soon(stop_when_drained)
         if started is not None:
             tg.start_soon(_signal_started, runner, started)
-        await runner.server.serve()
+        if reuse_port:
+            sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((host, port))
+            try:
+                await runner.server.serve([sock])
+            finally:
+                sock.close()
+        else:
+            await runner.server.serve()
         tg.cancel_scope.cancel()
     return app
 
