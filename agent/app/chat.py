@@ -10,12 +10,15 @@ import argparse
 import json
 import logging
 import sys
+import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.from_thread
+import anyio.lowlevel
 
 from agent.app.compose import (
     DEFAULT_INSTRUCTIONS,
@@ -137,6 +140,43 @@ def metrics_writer(path: str | None) -> Callable[[TurnRecord], None]:
     return write
 
 
+class Typist:
+    """Lines typed at the terminal, read by a daemon thread one at a time, on request: a
+    `input()` blocked in a worker thread would hold the process at exit after SIGTERM or
+    SIGHUP, while a daemon thread does not."""
+
+    def __init__(self, prompt: str) -> None:
+        self.prompt = prompt
+        self._wanted = threading.Event()
+        self._send, self._lines = anyio.create_memory_object_stream[str | None](1)
+        self._thread: threading.Thread | None = None
+
+    async def next_line(self) -> str | None:
+        """The next line (None at end of input). Cancelling stops waiting; the thread stays
+        blocked in `input()` and dies with the process."""
+        if self._thread is None:
+            token = anyio.lowlevel.current_token()
+            self._thread = threading.Thread(target=self._read, args=(token,), daemon=True)
+            self._thread.start()
+        self._wanted.set()
+        return await self._lines.receive()
+
+    def _read(self, token: anyio.lowlevel.EventLoopToken) -> None:
+        while True:
+            self._wanted.wait()
+            self._wanted.clear()
+            try:
+                line: str | None = input(self.prompt)
+            except (EOFError, OSError):
+                line = None
+            try:
+                anyio.from_thread.run_sync(self._send.send_nowait, line, token=token)
+            except (RuntimeError, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                return  # the loop is gone
+            if line is None:
+                return
+
+
 class ChatLine:
     """What the built-in voice tools reach in a typed chat: `end_call` ends it after the
     answer; there is no keypad."""
@@ -171,6 +211,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
         structured(record)
 
     clock = MonotonicClock()
+    typist = Typist("you> ")
     tools = load_tools(settings.tools_file)
     chat = ChatLine()
 
@@ -206,10 +247,10 @@ def cmd_chat(args: argparse.Namespace) -> int:
                         line = scripted[n]
                         print(f"you> {line}")
                     else:
-                        try:
-                            line = (await anyio.to_thread.run_sync(input, "you> ")).strip()
-                        except EOFError:
+                        typed = await typist.next_line()
+                        if typed is None:
                             break
+                        line = typed.strip()
                         if not line:
                             continue
                     n += 1

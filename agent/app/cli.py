@@ -162,7 +162,7 @@ def cmd_tts_server(args: argparse.Namespace) -> int:
     try:
         anyio.run(main)
     except KeyboardInterrupt:
-        pass
+        return 130  # stopped with Ctrl-C (or SIGTERM/SIGHUP: main() reports 128 + it)
     except ValueError as err:  # e.g. a public address without a key: say what to do
         print(f"voxloop tts-server: {err}", file=sys.stderr)
         return 2
@@ -176,7 +176,7 @@ def cmd_llm_server(args: argparse.Namespace) -> int:
     try:
         serve_forever(args.host, args.port, stderr_progress("llm-server"))
     except KeyboardInterrupt:
-        pass
+        return 130  # stopped with Ctrl-C (or SIGTERM/SIGHUP: main() reports 128 + it)
     return 0
 
 

@@ -111,6 +111,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         anyio.run(main)
     except KeyboardInterrupt:
         print("\nbye")
+        return 130
     return 0
 
 
