@@ -32,11 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
-import numpy as np
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from agent.audio import pcm_to_array, ulaw_decode, ulaw_encode, write_wav
+from agent.audio import ulaw_decode, ulaw_encode, write_stereo_wav
 from agent.errors import ProtocolError
 
 from .pacing import FRAME_SECONDS, ULAW_SILENCE
@@ -168,14 +167,7 @@ class CallResult:
 
     def write_wav(self, path: str | Path) -> Path:
         """Stereo WAV, 8 kHz: caller left, bot right."""
-        left, right = pcm_to_array(self.caller_pcm), pcm_to_array(self.bot_pcm)
-        stereo = np.zeros((max(left.size, right.size), 2), dtype="<i2")
-        stereo[: left.size, 0] = left
-        stereo[: right.size, 1] = right
-        out = Path(path)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        write_wav(out, stereo.tobytes(), SAMPLE_RATE, channels=2)
-        return out
+        return write_stereo_wav(path, self.caller_pcm, self.bot_pcm, SAMPLE_RATE)
 
 
 # ---- webhook ---------------------------------------------------------------------------------
