@@ -6,8 +6,9 @@ A turn is one task group under the caller's cancel scope (DESIGN.md):
     LLM stream ──► TextChunker ──► TTSStream.send ... flush, close      (the speaker task)
     TTSStream.chunks ──► AudioOutput.play ──► drain                    (the player task)
 
-`flush: true` goes out exactly once per turn, right after the last text. The caller (the voice
-loop's turn runner, or `voxloop chat`) cancels the turn from outside on barge-in or hang-up;
+`flush: true` goes out once per turn, right after the last text (and, in a turn with tools, once
+more after the text said before each tool round, so it plays while the tools run). The caller
+(the voice loop's turn runner, or `voxloop chat`) cancels the turn from outside on barge-in or hang-up;
 cleanup (abort the TTS context, clear queued audio) then runs shielded with a short deadline,
 and the history keeps only the words the user heard, as told by the output's playout report.
 
@@ -163,8 +164,9 @@ class Session:
         """LLM deltas → chunker → socket, with tool rounds between; then exactly one flush
         after the last text, and the close.
 
-        Text the model says before its tool calls is flushed at once, so it plays while the
-        tools run; if the round takes longer than `tool_filler_delay`, a short filler is said.
+        Text the model says before its tool calls gets a flush of its own at once, so it plays
+        while the tools run; if a round takes longer than `tool_filler_delay`, a short filler
+        is said (and flushed).
         """
         text = _Spoken(TextChunker(sentence_mode=self.sentence_mode), spoken)
         record.timeline.mark("llm_request", self.clock.now())
