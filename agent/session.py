@@ -8,9 +8,10 @@ A turn is one task group under the caller's cancel scope (DESIGN.md):
 
 `flush: true` goes out once per turn, right after the last text (and, in a turn with tools, once
 more after the text said before each tool round, so it plays while the tools run). The caller
-(the voice loop's turn runner, or `voxloop chat`) cancels the turn from outside on barge-in or hang-up;
-cleanup (abort the TTS context, clear queued audio) then runs shielded with a short deadline,
-and the history keeps only the words the user heard, as told by the output's playout report.
+(the voice loop's turn runner, or `voxloop chat`) cancels the turn from outside on barge-in or
+hang-up; cleanup (abort the TTS context, clear queued audio) then runs shielded with a short
+deadline, and the history keeps only the words the user heard, as told by the output's playout
+report.
 
 Every moment is marked on the turn's `TurnTimeline`, on the conversation's one clock.
 """
