@@ -130,10 +130,52 @@ async def measure_in_process(the_tool: Tool[..., Any], rounds: int) -> list[floa
     return spent
 
 
+async def measure_voice_turn(turns: int) -> dict[str, list[float]]:
+    """Time to first audio in a voice turn with a tool round, through the real Session, TTS
+    client and the TTS server with a silent fake engine in its own process: the pre-tool text's
+    first audio (from the LLM request) and the answer's first audio after the tool results."""
+    from agent.conversation import TurnRecord
+    from agent.file_output import MemoryOutput
+    from agent.session import Session
+    from bench.fakes import silent_server_process
+    from plugins.elevenlabs.client import ElevenLabsTTS, TTSConfig
+
+    first_audio: list[float] = []
+    after_tools: list[float] = []
+    frames: list[tuple[float, str]] = []
+
+    def listen(direction: str, when: float, frame: str) -> None:
+        if direction == "in" and '"audio"' in frame[:200]:
+            frames.append((when, frame))
+
+    config = TTSConfig(output_format="pcm_16000", voice_id="silent")
+    async with (
+        ScriptedChatServer(script) as server,
+        silent_server_process() as url,
+        OpenAILLM("scripted", base_url=server.base_url) as llm,
+        ElevenLabsTTS(config, base_url=url, frame_listener=listen) as tts,
+        ToolBox([lookup]) as box,
+    ):
+        session = Session(llm, tts, MemoryOutput(), instructions="Be brief.", toolbox=box)
+        for n in range(turns):
+            frames.clear()
+            session.history = session.history[:1]
+            record = await session.respond("Oslo, Rome?", TurnRecord(n + 1))
+            request, audio = record.at("llm_request"), record.at("first_audio_byte")
+            results = record.at("tool_results")
+            assert request is not None and audio is not None and results is not None
+            first_audio.append((audio - request) * 1000)
+            later = [when for when, _ in frames if when > results]
+            if later:
+                after_tools.append((later[0] - results) * 1000)
+    return {"first_audio": first_audio, "answer_audio_after_results": after_tools}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=300)
     parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--turns", type=int, default=20, help="voice turns with a tool round")
     args = parser.parse_args()
 
     results: dict[str, Any] = {}
@@ -164,6 +206,23 @@ def main() -> None:
             ),
             (f"{label}: finish -> request at server p95", f"{request['p95']:.3f} ms", "", ""),
         ]
+    voice = anyio.run(measure_voice_turn, args.turns)
+    first, after = summary(voice["first_audio"]), summary(voice["answer_audio_after_results"])
+    results["voice_turn"] = {"first_audio_ms": first, "answer_audio_after_results_ms": after}
+    rows += [
+        (
+            "voice turn: LLM request -> first audio (pre-tool text) median",
+            f"{first['median']:.1f} ms",
+            "",
+            "",
+        ),
+        (
+            "voice turn: tool results -> the answer's first audio median",
+            f"{after['median']:.1f} ms",
+            "",
+            "",
+        ),
+    ]
     print_table(
         f"Tool round overhead ({args.rounds} rounds, 2 parallel calls each, tool returns at once)",
         rows,
