@@ -18,7 +18,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,6 +85,9 @@ class AgentOptions:
     max_tool_rounds: int = 4
     tool_filler: str = "One moment."  # said when tools take longer than tool_filler_delay
     tool_filler_delay: float = 0.7
+    #: Warm STT, LLM and TTS while the user is still silent (a first request to a freshly loaded
+    #: engine is slow). It costs a few tokens and characters: on by default for local engines.
+    warm_up: bool = False
 
 
 class Agent:
@@ -247,6 +250,38 @@ class Conversation:
     def _start(self, tg: anyio.abc.TaskGroup) -> None:
         tg.start_soon(self._listen)
         tg.start_soon(self._run_turns)
+        if self.agent.options.warm_up:
+            tg.start_soon(self._warm_up)
+
+    async def _warm_up(self) -> None:
+        """One small request to each engine, so the first turn does not pay their start-up
+        (model pages, the instructions' prompt cache, the voice's first synthesis). Bounded;
+        a failure is only logged (the turn that follows reports it properly). Cancelling
+        stops it."""
+        agent = self.agent
+        started = time.perf_counter()
+        with anyio.move_on_after(10):
+            try:
+                silence = bytes(self.transport.sample_rate)  # half a second
+                await agent.stt.transcribe(silence, self.transport.sample_rate)
+                hello = [*self.session.history[:1], ChatMessage("user", "Hello.")]
+                async with aclosing(agent.llm.stream(hello)) as chunks:
+                    async for _chunk in chunks:
+                        break  # the prompt is processed: that is the warm part
+                stream = await agent.tts.open_context()
+                try:
+                    await stream.send("Hello. ")
+                    await stream.flush()
+                    async for chunk in stream.chunks():
+                        if chunk.pcm:
+                            break
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await stream.abort()
+            except Exception as err:  # a warm-up is a courtesy: never a failure
+                log.info("warm-up skipped: %s", err)
+                return
+        log.info("engines warmed in %.0f ms", (time.perf_counter() - started) * 1000)
 
     async def _listen(self) -> None:
         """Microphone frames into the guard, VAD and the state machine, until the line ends."""

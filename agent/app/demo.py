@@ -169,7 +169,9 @@ async def run_demo(
                 instructions=settings.instructions,
                 tools=tools,
                 options=AgentOptions(
-                    vad=VadConfig(min_silence_ms=500), sentence_mode=settings.sentence_mode
+                    vad=VadConfig(min_silence_ms=500),
+                    sentence_mode=settings.sentence_mode,
+                    warm_up=llm_ep.local and tts_ep.local,
                 ),
             )
             say("conversation starts (real time)")

@@ -91,13 +91,15 @@ def cmd_run(args: argparse.Namespace) -> int:
                 make_tts(settings, tts_ep, RATE) as tts,
             ):
                 tools_notice(llm, tools, progress)
+                options = options_from(args)
+                options.warm_up = llm_ep.local and tts_ep.local  # local engines: warm them
                 agent = Agent(
                     stt=stt,
                     llm=llm,
                     tts=tts,
                     instructions=settings.instructions,
                     tools=tools,
-                    options=options_from(args),
+                    options=options,
                 )
                 print("Speak now (Ctrl-C to stop).", flush=True)
                 async with agent.conversation(transport) as conversation:
