@@ -116,11 +116,31 @@ class FakeSilentEngine:
         )
 
 
+async def serve_silent(max_connections: int) -> None:
+    """`bench.silent_server`'s server, taking `max_connections` sockets from one address (the
+    local server's default of 16 per address would refuse a phone bench's 17th call)."""
+    from plugins.elevenlabs.server import LocalTTSServer
+
+    async with LocalTTSServer(
+        FakeSilentEngine(),
+        port=0,
+        max_pending_chars=10**7,
+        max_connections=max_connections,
+        max_connections_per_address=max_connections,
+    ) as server:
+        print(f"ready {server.url}", flush=True)
+        await anyio.sleep_forever()
+
+
 @asynccontextmanager
-async def silent_server_process() -> AsyncIterator[str]:
-    """Start `bench.silent_server` in a child process; yield its URL; stop it after."""
+async def silent_server_process(max_connections: int | None = None) -> AsyncIterator[str]:
+    """Start `bench.silent_server` in a child process (with `max_connections`: `serve_silent`);
+    yield its URL; stop it after."""
+    cmd = [sys.executable, "-m", "bench.silent_server", "--port", "0"]
+    if max_connections is not None:
+        cmd = [sys.executable, "-m", "bench.fakes", "silent-server", str(max_connections)]
     process = await anyio.open_process(
-        [sys.executable, "-m", "bench.silent_server", "--port", "0"],
+        cmd,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
     )
@@ -140,3 +160,9 @@ async def silent_server_process() -> AsyncIterator[str]:
         process.terminate()
         with anyio.move_on_after(5, shield=True):
             await process.wait()
+
+
+if __name__ == "__main__":  # python -m bench.fakes silent-server MAX_CONNECTIONS
+    if sys.argv[1:2] != ["silent-server"] or len(sys.argv) != 3:
+        raise SystemExit("usage: python -m bench.fakes silent-server MAX_CONNECTIONS")
+    anyio.run(serve_silent, int(sys.argv[2]))

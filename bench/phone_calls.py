@@ -413,9 +413,10 @@ async def ladder(
             file=sys.stderr,
             flush=True,
         )
-        if not ok:
+        if not ok and not args.keep_going:
             break
-        best = n
+        if ok and best == (stages[-2].n if len(stages) > 1 else 0):
+            best = n  # the largest N with every N up to it met
     return stages, best, base
 
 
@@ -438,7 +439,7 @@ async def fake_mode(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     from bench.phone_callers import QUESTIONS
 
     voices = await anyio.to_thread.run_sync(make_voices, folder, list(QUESTIONS[:2]))
-    async with silent_server_process() as tts_url:
+    async with silent_server_process(max_connections=args.max_calls + 10) as tts_url:
         bot = PhoneBot(
             settings=AgentSettings(instructions="You answer the phone."),
             options=bot_options(),
@@ -593,6 +594,9 @@ def main() -> None:
         "--helper-socket",
         action="store_true",
         help="serve through plugins.twilio.server.running_phone_server (Nagle left on)",
+    )
+    parser.add_argument(
+        "--keep-going", action="store_true", help="measure every N, even after a miss"
     )
     parser.add_argument("--demo-turns", type=int, default=0, help="real: run the demo first")
     args = parser.parse_args()
