@@ -4,6 +4,10 @@
   with a delay), recording when each delta was handed to the framework.
 - `FakeSilentEngine`: a speech engine that returns short silence at once, so a benchmark of the
   framework's own overhead is not dominated by synthesis. The server and socket stay real.
+- `FakeInstantSTT`: a speech-to-text that returns one fixed `Transcript` at once, whatever it
+  is given (the utterance still went through the real VAD and turn-taking to get there).
+- `FakeScriptedLLM`: an in-process LLM that yields a fixed reply word by word, one
+  `TextDelta` every `delay` seconds after a `first_token` wait: a fast model with known pacing.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from dataclasses import dataclass
 import anyio
 import anyio.lowlevel
 
-from agent.interfaces import ChatMessage, LLMChunk, TextDelta, ToolSchema
+from agent.interfaces import ChatMessage, LLMChunk, TextDelta, ToolSchema, Transcript
 
 
 class FakeTokenLLM:
@@ -46,6 +50,42 @@ class FakeTokenLLM:
             self.yielded_at.append(time.monotonic())
             yield TextDelta(token)
         self.ended_at = time.monotonic()
+
+
+class FakeInstantSTT:
+    """Returns `Transcript(text)` at once for any utterance; counts the calls."""
+
+    def __init__(self, text: str = "What time do you open tomorrow?") -> None:
+        self.text = text
+        self.calls = 0
+
+    async def transcribe(self, pcm: bytes, sample_rate: int) -> Transcript:
+        self.calls += 1
+        await anyio.lowlevel.checkpoint()
+        return Transcript(self.text, audio_seconds=len(pcm) / 2 / sample_rate)
+
+
+class FakeScriptedLLM:
+    """Yields `reply` word by word: the first word after `first_token` seconds, then one every
+    `delay` seconds (anyio sleeps: the loop is free in between, as with a remote model).
+    Stateless across calls, so one instance serves any number of concurrent conversations."""
+
+    def __init__(self, reply: str, *, first_token: float = 0.05, delay: float = 0.02) -> None:
+        words = reply.split(" ")
+        self.tokens = [w if i == 0 else " " + w for i, w in enumerate(words)]
+        self.first_token = first_token
+        self.delay = delay
+        self.streams = 0
+
+    async def stream(
+        self, messages: Sequence[ChatMessage], *, tools: Sequence[ToolSchema] = ()
+    ) -> AsyncIterator[LLMChunk]:
+        self.streams += 1
+        await anyio.sleep(self.first_token)
+        for i, token in enumerate(self.tokens):
+            if i:
+                await anyio.sleep(self.delay)
+            yield TextDelta(token)
 
 
 @dataclass(frozen=True)
@@ -76,11 +116,31 @@ class FakeSilentEngine:
         )
 
 
+async def serve_silent(max_connections: int) -> None:
+    """`bench.silent_server`'s server, taking `max_connections` sockets from one address (the
+    local server's default of 16 per address would refuse a phone bench's 17th call)."""
+    from plugins.elevenlabs.server import LocalTTSServer
+
+    async with LocalTTSServer(
+        FakeSilentEngine(),
+        port=0,
+        max_pending_chars=10**7,
+        max_connections=max_connections,
+        max_connections_per_address=max_connections,
+    ) as server:
+        print(f"ready {server.url}", flush=True)
+        await anyio.sleep_forever()
+
+
 @asynccontextmanager
-async def silent_server_process() -> AsyncIterator[str]:
-    """Start `bench.silent_server` in a child process; yield its URL; stop it after."""
+async def silent_server_process(max_connections: int | None = None) -> AsyncIterator[str]:
+    """Start `bench.silent_server` in a child process (with `max_connections`: `serve_silent`);
+    yield its URL; stop it after."""
+    cmd = [sys.executable, "-m", "bench.silent_server", "--port", "0"]
+    if max_connections is not None:
+        cmd = [sys.executable, "-m", "bench.fakes", "silent-server", str(max_connections)]
     process = await anyio.open_process(
-        [sys.executable, "-m", "bench.silent_server", "--port", "0"],
+        cmd,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
     )
@@ -100,3 +160,9 @@ async def silent_server_process() -> AsyncIterator[str]:
         process.terminate()
         with anyio.move_on_after(5, shield=True):
             await process.wait()
+
+
+if __name__ == "__main__":  # python -m bench.fakes silent-server MAX_CONNECTIONS
+    if sys.argv[1:2] != ["silent-server"] or len(sys.argv) != 3:
+        raise SystemExit("usage: python -m bench.fakes silent-server MAX_CONNECTIONS")
+    anyio.run(serve_silent, int(sys.argv[2]))

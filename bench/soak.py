@@ -140,8 +140,16 @@ class _MallInfo2(ctypes.Structure):
     _fields_ = [
         (name, ctypes.c_size_t)
         for name in (
-            "arena", "ordblks", "smblks", "hblks", "hblkhd",
-            "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost",
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
         )
     ]
 
@@ -272,10 +280,14 @@ async def run(
     samples: list[Sample] = []
     snapshots: list[dict[str, Any]] = []
     warmup = min(120.0, 0.25 * duration)
-    snapshot_times = [] if not trace else [
-        warmup + k * snapshot_minutes * 60
-        for k in range(int((duration - warmup) // (snapshot_minutes * 60)) + 1)
-    ]
+    snapshot_times = (
+        []
+        if not trace
+        else [
+            warmup + k * snapshot_minutes * 60
+            for k in range(int((duration - warmup) // (snapshot_minutes * 60)) + 1)
+        ]
+    )
     fds_before, tasks_before = open_fds(), len(asyncio.all_tasks())
     started = time.monotonic()
     with anyio.fail_after(duration + 120):
@@ -468,8 +480,7 @@ def print_summary(result: dict[str, Any], verdicts: dict[str, dict[str, Any]]) -
     if result["snapshots"]:
         last = result["snapshots"][-1]
         print(
-            f"\ntracemalloc: lines that grew most from t={last['since_t']:g} s "
-            f"to t={last['t']:g} s"
+            f"\ntracemalloc: lines that grew most from t={last['since_t']:g} s to t={last['t']:g} s"
         )
         for g in last["top_growth"]:
             print(
