@@ -105,10 +105,15 @@ class LLMEndpoint(Endpoint):
 
 @asynccontextmanager
 async def tts_endpoint(
-    url: str | None = None, *, progress: Progress | None = None, strict_voices: bool = False
+    url: str | None = None,
+    *,
+    progress: Progress | None = None,
+    strict_voices: bool = False,
+    clients: int | None = None,
 ) -> AsyncIterator[TTSEndpoint]:
     """The TTS socket to use: ``url`` / $ELEVENLABS_BASE_URL, the real service with
-    $ELEVENLABS_API_KEY, else the local server started here. Leaving the block stops it."""
+    $ELEVENLABS_API_KEY, else the local server started here (taking at least ``clients``
+    sockets from this machine, e.g. one per phone call). Leaving the block stops it."""
     key = os.environ.get("ELEVENLABS_API_KEY") or None
     url = url or os.environ.get("ELEVENLABS_BASE_URL") or None
     if url:
@@ -119,11 +124,21 @@ async def tts_endpoint(
 
         yield TTSEndpoint(DEFAULT_BASE_URL, key)
         return
-    from plugins.elevenlabs.server import running_server
+    from plugins.elevenlabs.server import (
+        MAX_CONNECTIONS,
+        MAX_CONNECTIONS_PER_ADDRESS,
+        running_server,
+    )
 
     if progress:
         progress("no ELEVENLABS_API_KEY: starting the local TTS server (piper voice)")
-    async with running_server(progress=progress, strict_voices=strict_voices) as server:
+    wanted = 0 if clients is None else clients + 4  # every client is on 127.0.0.1
+    async with running_server(
+        progress=progress,
+        strict_voices=strict_voices,
+        max_connections=max(MAX_CONNECTIONS, wanted),
+        max_connections_per_address=max(MAX_CONNECTIONS_PER_ADDRESS, wanted),
+    ) as server:
         if progress:
             progress(f"local TTS server ready on {server.url}")
         yield TTSEndpoint(server.url, None, local=True, server=server)

@@ -17,6 +17,7 @@ import re
 import signal
 import subprocess
 import sys
+from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("voxloop.phone")
 
 RATE = 8000
+KEEP_CALLS = 32
 DEFAULT_GREETING = "Hello! How can I help you today?"
 
 
@@ -81,8 +83,10 @@ class PhoneBot:
         self.greeting = greeting
         self.out_dir = out_dir
         self.say = say
-        self.finished: list[Conversation] = []  # the conversations of ended calls (tests read it)
-        self.calls: list[TwilioCall] = []
+        # the last calls and their conversations (tests and a status page read them); bounded,
+        # so a server that runs for weeks does not keep every call
+        self.finished: deque[Conversation] = deque(maxlen=KEEP_CALLS)
+        self.calls: deque[TwilioCall] = deque(maxlen=KEEP_CALLS)
 
     async def __call__(self, call: TwilioCall) -> None:
         """Converse on ``call`` until it ends (the caller hangs up, or `end_call`); then write
@@ -121,6 +125,7 @@ class PhoneBot:
                 _write_call, folder, conversation, bytes(caller), bytes(call.output.recording)
             )
             self.say(f"[{sid}] wrote {', '.join(str(p) for p in files)}")
+        call.output.recording = None  # written: do not keep the audio
 
     def _show(self, sid: str, event: object) -> None:
         if isinstance(event, UserSaid):
@@ -198,7 +203,7 @@ def cmd_phone(args: argparse.Namespace) -> int:
         stt = await load_stt(args.stt_url, progress=progress)
         async with (
             llm_endpoint(settings.llm_url, progress=progress) as llm_ep,
-            tts_endpoint(settings.tts_url, progress=progress) as tts_ep,
+            tts_endpoint(settings.tts_url, progress=progress, clients=config.max_calls) as tts_ep,
             make_llm(settings, llm_ep) as llm,
         ):
             tools_notice(llm, tools, progress)
@@ -253,8 +258,7 @@ def supervise_workers(workers: int, port: int) -> int:
         argv = sys.argv[1:i] + sys.argv[i + 2 :]
     command = [sys.executable, "-m", "agent.app.cli", *argv, "--reuse-port"]
     children = [
-        subprocess.Popen(command, preexec_fn=lifecycle.die_with_parent)
-        for _ in range(workers)
+        subprocess.Popen(command, preexec_fn=lifecycle.die_with_parent) for _ in range(workers)
     ]
     print(f"[phone] {workers} workers on port {port}: pids {[c.pid for c in children]}", flush=True)
     try:

@@ -93,6 +93,10 @@ class CallScript:
 # ---- the handset, sans-I/O -------------------------------------------------------------------
 
 
+#: How long a caller waits for an answer before its next question goes anyway.
+NO_ANSWER_S = 6.0
+
+
 class FarEnd:
     """The bot's audio as a handset plays it: 20 ms per `play_frame()`, marks echoed in order."""
 
@@ -363,6 +367,8 @@ class _ScriptState:
         self.bot_audio_since_step = 0.0
         self.bot_silent_since: float | None = 0.0
         self.step_ready_at = 0.0
+        self.said_at: float | None = None  # when our last utterance ended
+        self.answered = True  # the bot spoke after our last utterance
 
     def bot_media(self, t: float) -> None:
         if self.waiting_response_since is not None:
@@ -376,6 +382,7 @@ class _ScriptState:
 
     def bot_played(self, t: float, had_audio: bool) -> None:
         if had_audio:
+            self.answered = True
             self.last_activity = t
             self.bot_audio_since_step += FRAME_SECONDS
             self.bot_silent_since = None
@@ -394,7 +401,12 @@ class _ScriptState:
             elif isinstance(step, Say) and step.after_bot_audio is not None:
                 ready = self.bot_audio_since_step >= step.after_bot_audio
             elif isinstance(step, Say):
-                ready = self._silent_for(t) >= step.after_bot_silence
+                # The next question waits for the answer to the last one (or for a bot that
+                # stays silent NO_ANSWER_S), then for the bot's silence.
+                waited = self.said_at is not None and t - self.said_at >= NO_ANSWER_S
+                ready = (self.answered or waited) and (
+                    self._silent_for(t) >= step.after_bot_silence
+                )
             else:
                 ready = True
             if ready:
@@ -416,6 +428,8 @@ class _ScriptState:
                 chunk += bytes(FRAME_BYTES * 2 - len(chunk))
             if not self.speech:
                 self.waiting_response_since = t + FRAME_SECONDS
+                self.said_at = t + FRAME_SECONDS
+                self.answered = False
                 self.last_activity = t + FRAME_SECONDS
                 self.bot_audio_since_step = 0.0
                 result.timeline.append((t + FRAME_SECONDS, "said"))
