@@ -11,3 +11,4 @@ python -m bench.bargein --episodes 10
 python -m bench.voice_to_voice
 python -m bench.tool_round
 python -m bench.phone_calls
+python -m bench.phone_calls --mode fake --calls 10 25 50 100 150

@@ -39,9 +39,14 @@ def start_msg(**params: str) -> str:
 
 def media_msg(payload: bytes | str, sid: str = SID) -> str:
     b64 = payload if isinstance(payload, str) else base64.b64encode(payload).decode()
-    return json.dumps({"event": "media", "sequenceNumber": "2", "streamSid": sid,
-                       "media": {"track": "inbound", "chunk": "1", "timestamp": "5",
-                                 "payload": b64}})
+    return json.dumps(
+        {
+            "event": "media",
+            "sequenceNumber": "2",
+            "streamSid": sid,
+            "media": {"track": "inbound", "chunk": "1", "timestamp": "5", "payload": b64},
+        }
+    )
 
 
 def started() -> BotProtocol:
@@ -57,15 +62,17 @@ def started() -> BotProtocol:
 def test_a_call_in_order_gives_typed_events() -> None:
     p = BotProtocol()
     assert p.receive_text('{"event":"connected","protocol":"Call","version":"1.0.0"}', 0) == [
-        Connected("Call", "1.0.0")]
+        Connected("Call", "1.0.0")
+    ]
     [ev] = p.receive_text(start_msg(caller="+1555"), 0.0)
     assert isinstance(ev, Started)
     assert ev.info.stream_sid == SID and ev.info.call_sid == "CA1"
     assert ev.info.custom_parameters == {"caller": "+1555"}
     assert ev.info.media_format.sample_rate == 8000
     assert p.receive_text(media_msg(FRAME), 0.02) == [MediaReceived(FRAME, 1, 5)]
-    mark = json.dumps({"event": "mark", "sequenceNumber": "4", "streamSid": SID,
-                       "mark": {"name": "vx:0:160"}})
+    mark = json.dumps(
+        {"event": "mark", "sequenceNumber": "4", "streamSid": SID, "mark": {"name": "vx:0:160"}}
+    )
     assert p.receive_text(mark, 0.04) == [MarkEchoed("vx:0:160")]
     dtmf = json.dumps(TWILIO.encode_dtmf(5, SID, "7"))
     assert p.receive_text(dtmf, 0.05) == [DtmfReceived("7")]
@@ -82,8 +89,11 @@ def test_outbound_messages_carry_the_stream_sid() -> None:
     p.send_clear()
     out = [json.loads(m) for m in p.data_to_send() if isinstance(m, str)]
     assert out == [
-        {"event": "media", "streamSid": SID,
-         "media": {"payload": base64.b64encode(FRAME).decode()}},
+        {
+            "event": "media",
+            "streamSid": SID,
+            "media": {"payload": base64.b64encode(FRAME).decode()},
+        },
         {"event": "mark", "streamSid": SID, "mark": {"name": "m1"}},
         {"event": "clear", "streamSid": SID},
     ]
@@ -111,13 +121,14 @@ BAD_INPUT: list[tuple[str, Any, str, bool]] = [
 ]
 
 
-@pytest.mark.parametrize(("what", "frame", "kind", "fatal"), BAD_INPUT,
-                         ids=[row[0] for row in BAD_INPUT])
-def test_bad_input_becomes_a_typed_violation(what: str, frame: Any, kind: str,
-                                             fatal: bool) -> None:
+@pytest.mark.parametrize(
+    ("what", "frame", "kind", "fatal"), BAD_INPUT, ids=[row[0] for row in BAD_INPUT]
+)
+def test_bad_input_becomes_a_typed_violation(what: str, frame: Any, kind: str, fatal: bool) -> None:
     p = started()
-    events = p.receive_binary(frame, 1.0) if isinstance(frame, bytes) else p.receive_text(
-        frame, 1.0)
+    events = (
+        p.receive_binary(frame, 1.0) if isinstance(frame, bytes) else p.receive_text(frame, 1.0)
+    )
     [v] = [e for e in events if isinstance(e, Violation)]
     assert (v.kind, v.fatal, v.count) == (kind, fatal, 1)
     out = p.data_to_send()
@@ -197,22 +208,30 @@ def test_caller_role_round_trip_with_the_bot_role() -> None:
     caller.send_start({"k": "v"})
     caller.send_media(FRAME, timestamp_ms=0)
     caller.send_dtmf("#")
-    events = [e for m in caller.data_to_send() if isinstance(m, str)
-              for e in bot.receive_text(m, 0.0)]
+    events = [
+        e for m in caller.data_to_send() if isinstance(m, str) for e in bot.receive_text(m, 0.0)
+    ]
     assert [type(e) for e in events] == [Connected, Started, MediaReceived, DtmfReceived]
     bot.send_media(FRAME)
     bot.send_mark("a")
     bot.send_clear()
-    back = [e for m in bot.data_to_send() if isinstance(m, str)
-            for e in caller.receive_text(m, 0.0)]
+    back = [
+        e for m in bot.data_to_send() if isinstance(m, str) for e in caller.receive_text(m, 0.0)
+    ]
     assert back == [BotMedia(FRAME), BotMark("a"), BotClear()]
 
 
 def test_a_second_dialect_is_a_small_addition() -> None:
-    snake = Dialect(name="snake", stream_id="stream_id", call_id="call_sid",
-                    account_id="account_sid", sequence="sequence_number",
-                    custom_parameters="custom_parameters", media_format="media_format",
-                    sample_rate="sample_rate")
+    snake = Dialect(
+        name="snake",
+        stream_id="stream_id",
+        call_id="call_sid",
+        account_id="account_sid",
+        sequence="sequence_number",
+        custom_parameters="custom_parameters",
+        media_format="media_format",
+        sample_rate="sample_rate",
+    )
     caller, bot = CallerProtocol(dialect=snake, stream_sid="S1"), BotProtocol(dialect=snake)
     caller.send_start({"a": "b"})
     caller.send_media(FRAME, 0)
@@ -326,8 +345,13 @@ def test_pause_holds_audio_and_resume_sends_it() -> None:
 
 # Twilio's published request-validation example
 EXAMPLE_URL = "https://mycompany.com/myapp.php?foo=1&bar=2"
-EXAMPLE_PARAMS = {"CallSid": "CA1234567890ABCDE", "Caller": "+14158675310", "Digits": "1234",
-                  "From": "+14158675310", "To": "+18005551212"}
+EXAMPLE_PARAMS = {
+    "CallSid": "CA1234567890ABCDE",
+    "Caller": "+14158675310",
+    "Digits": "1234",
+    "From": "+14158675310",
+    "To": "+18005551212",
+}
 EXAMPLE_SIGNATURE = "GvWf1cFY/Q7PnoempGyD5oXAezc="
 
 
@@ -338,8 +362,9 @@ def test_twilio_published_signature_vector() -> None:
     assert compute_signature(token, url, params) == EXAMPLE_SIGNATURE
     assert validate_signature(token, url, params, EXAMPLE_SIGNATURE)
     # the same URL with the default port spelled out validates too (proxies add it)
-    assert validate_signature(token, "https://mycompany.com:443/myapp.php?foo=1&bar=2", params,
-                              EXAMPLE_SIGNATURE)
+    assert validate_signature(
+        token, "https://mycompany.com:443/myapp.php?foo=1&bar=2", params, EXAMPLE_SIGNATURE
+    )
 
 
 def test_own_signature_vector_and_tampering() -> None:
@@ -350,9 +375,11 @@ def test_own_signature_vector_and_tampering() -> None:
     # by hand: URL + params sorted by name, name immediately followed by value
     import hashlib
     import hmac
+
     data = url + "CallSidCA9From+15550100To+15550199"
-    assert sig == base64.b64encode(hmac.new(b"s3cret", data.encode(), hashlib.sha1).digest()
-                                   ).decode()
+    assert (
+        sig == base64.b64encode(hmac.new(b"s3cret", data.encode(), hashlib.sha1).digest()).decode()
+    )
     assert validate_signature(token, url, params, sig)
     assert not validate_signature(token, url, [*params[:2], ("To", "+1999")], sig)
     assert not validate_signature(token, url + "?x=1", params, sig)
@@ -379,3 +406,36 @@ def test_stream_tokens_are_one_time_per_call_and_expire() -> None:
     for i in range(10):
         tokens.issue(f"CA{i}", now=20.0)
     assert len(tokens) == 3  # bounded
+
+
+def test_our_callers_next_question_waits_for_the_answer_to_the_last() -> None:
+    """`voxloop call --say a.wav --say b.wav`: b goes once the bot has answered a and fallen
+    silent, not straight after a (which would cut the answer off as a barge-in)."""
+    from plugins.twilio.caller import FRAME_SECONDS, CallResult, CallScript, Say, _ScriptState
+
+    one_frame = bytes(320)
+    state = _ScriptState(
+        CallScript(
+            steps=[Say(one_frame, after_bot_silence=0.2), Say(one_frame, after_bot_silence=0.2)]
+        ),
+        CallResult(),
+    )
+    t, first = 0.0, b""
+    while not first and t < 1.0:  # the first goes after 0.2 s of a silent line
+        t += FRAME_SECONDS
+        first = state.next_frame(t, state.result)[0]
+    assert first == one_frame
+    for _ in range(20):  # 0.4 s of a silent bot: no answer yet, the second question waits
+        t += FRAME_SECONDS
+        state.bot_played(t, had_audio=False)
+        assert state.next_frame(t, state.result)[0] == b""
+    for _ in range(10):  # the bot answers for 0.2 s
+        t += FRAME_SECONDS
+        state.bot_played(t, had_audio=True)
+        assert state.next_frame(t, state.result)[0] == b""
+    said = b""
+    for _ in range(15):  # then 0.3 s of silence: the second question goes
+        t += FRAME_SECONDS
+        state.bot_played(t, had_audio=False)
+        said += state.next_frame(t, state.result)[0]
+    assert said == one_frame
