@@ -199,8 +199,8 @@ def test_workers_share_one_port_and_drain_on_sigterm(tmp_path: Path) -> None:
                 not Path(f"/proc/{pid}").exists()
                 or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
             ), f"worker {pid} outlived the supervisor"
-        with socket.socket() as again:
-            again.bind(("127.0.0.1", port))  # the port is free
+        with pytest.raises(ConnectionRefusedError):  # nobody listens on the port any more
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
     finally:
         if supervisor.poll() is None:
             supervisor.kill()
