@@ -274,12 +274,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8766, help="port (default: %(default)s)")
     p.set_defaults(handler=cmd_llm_server)
 
-    from agent.app import chat, demo, live, phone
+    from agent.app import chat, demo, live, phone, web
 
     chat.register(sub)
     live.register(sub)
     demo.register(sub)
     phone.register(sub)
+    web.register(sub)
     return parser
 
 
