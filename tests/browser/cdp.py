@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.abc
 import websockets
 from websockets.asyncio.client import ClientConnection
 
@@ -64,9 +65,10 @@ class Page:
             raise CDPError(f"{expression!r} threw: {reply['exceptionDetails']}")
         return reply["result"].get("value")
 
-    async def wait_for(self, expression: str, timeout: float, poll: float = 0.05) -> Any:
-        """Poll ``expression`` until it is truthy; its value. Raises TimeoutError."""
-        with anyio.fail_after(timeout):
+    async def wait_for(self, expression: str, limit: float, poll: float = 0.05) -> Any:
+        """Poll ``expression`` until it is truthy (for at most ``limit`` seconds); its value.
+        Raises TimeoutError."""
+        with anyio.fail_after(limit):
             while True:
                 value = await self.evaluate(expression)
                 if value:
@@ -100,7 +102,7 @@ class Chromium:
     def __init__(self, fake_mic: str | Path | None = None, *, loop_mic: bool = False) -> None:
         self.fake_mic = fake_mic
         self.loop_mic = loop_mic
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._proc: anyio.abc.Process | None = None
         self._ws: ClientConnection | None = None
         self._next_id = 0
         self._waiting: dict[int, anyio.Event] = {}
@@ -134,7 +136,7 @@ class Chromium:
 
     async def __aenter__(self) -> Chromium:
         self._profile = tempfile.mkdtemp(prefix="voxloop-chromium-")
-        self._proc = subprocess.Popen(
+        self._proc = await anyio.open_process(
             [CHROMIUM, *self.flags(self._profile)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -143,7 +145,7 @@ class Chromium:
         port_file = Path(self._profile) / "DevToolsActivePort"
         with anyio.fail_after(20):
             while not port_file.exists() or len(port_file.read_text().splitlines()) < 2:
-                if self._proc.poll() is not None:
+                if self._proc.returncode is not None:
                     raise CDPError(f"chromium exited at start ({self._proc.returncode})")
                 await anyio.sleep(0.05)
         port, path = port_file.read_text().splitlines()[:2]
@@ -160,12 +162,13 @@ class Chromium:
             if self._ws is not None:
                 await self._ws.close()
         finally:
-            if self._proc is not None and self._proc.poll() is None:
+            if self._proc is not None:
                 try:
-                    os.killpg(self._proc.pid, signal.SIGKILL)
+                    os.killpg(self._proc.pid, signal.SIGKILL)  # the browser and its helpers
                 except ProcessLookupError:
                     pass
-                self._proc.wait(timeout=10)
+                with anyio.move_on_after(10, shield=True):
+                    await self._proc.wait()
             if self._profile is not None:
                 shutil.rmtree(self._profile, ignore_errors=True)
 
@@ -217,7 +220,7 @@ class Chromium:
             {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
         )
         await page.send("Page.navigate", {"url": url})
-        await page.wait_for("document.readyState === 'complete'", timeout=10)
+        await page.wait_for("document.readyState === 'complete'", limit=10)
         return page
 
     async def close_page(self, page: Page) -> None:
