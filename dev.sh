@@ -23,6 +23,7 @@ install_system_packages() {
   # PortAudio lets sounddevice reach a microphone and a speaker; ffmpeg-free: PyAV ships its own.
   local missing=()
   ldconfig -p 2>/dev/null | grep -q libportaudio.so.2 || missing+=(libportaudio2)
+  [ -x /usr/bin/chromium ] || missing+=(chromium)  # the browser tests drive the web page headless
   [ ${#missing[@]} -eq 0 ] && return 0
   if [ "$(id -u)" -eq 0 ]; then
     say "installing system packages: ${missing[*]}"

@@ -8,7 +8,7 @@ const $ = (id) => document.getElementById(id);
 
 const stats = {
   framesSent: 0, reportsSent: 0, audioMessages: 0, audioSamples: 0, clears: 0, played: 0,
-  underruns: 0, queued: 0, state: "not started", closed: null, errors: [],
+  underruns: 0, queued: 0, state: "not started", states: [], closed: null, errors: [],
 };
 window.voxloop = { stats };
 
@@ -34,6 +34,9 @@ function showError(text) {
 
 function setStatus(state) {
   stats.state = state;
+  if (stats.states.length < 200 && stats.states[stats.states.length - 1] !== state) {
+    stats.states.push(state);
+  }
   const el = $("status");
   el.textContent = state;
   el.className = "status " + state.replace(/\s+/g, "-");
