@@ -118,7 +118,7 @@ async def test_bound_elsewhere_the_token_is_required() -> None:
         await next_json(ws, "ready")
         await ws.close()
         assert bot.opened == 1
-    assert page_url("0.0.0.0", 8000, tls=True, token="tok") == "https://127.0.0.1:8000/#token=tok"
+    assert page_url("10.0.0.5", 8000, tls=True, token="tok") == "https://10.0.0.5:8000/#token=tok"
 
 
 async def test_bad_input_closes_only_the_tab_that_sent_it() -> None:

@@ -229,8 +229,14 @@ def uvicorn_config(app: WebApp, host: str, port: int, **kwargs: Any) -> Any:
 
 
 def page_url(host: str, port: int, *, tls: bool, token: str | None) -> str:
-    """The address to open (the token in the fragment)."""
-    shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    """The address to open (the token in the fragment). For a wildcard bind, this machine's
+    address as its name resolves (what another machine on the LAN would open)."""
+    shown = host
+    if host in ("0.0.0.0", "::", ""):
+        try:
+            shown = socket.gethostbyname(socket.gethostname())
+        except OSError:
+            shown = "127.0.0.1"
     shown = f"[{shown}]" if ":" in shown else shown
     url = f"{'https' if tls else 'http'}://{shown}:{port}/"
     return url + (f"#token={token}" if token else "")

@@ -163,6 +163,10 @@ function onAudio(data) {
   node.port.postMessage(message, [data]);
 }
 
+function outputLatency() {
+  return ctx ? (ctx.baseLatency || 0) + (ctx.outputLatency || 0) : 0;
+}
+
 function onWorklet(msg) {
   if (msg.type === "frame") {
     $("meter").style.width = Math.min(100, Math.round(Math.sqrt(msg.micLevel) * 160)) + "%";
@@ -172,8 +176,10 @@ function onWorklet(msg) {
     if (!ws || ws.readyState !== WebSocket.OPEN) return;
     ws.send(msg.pcm);
     stats.framesSent++;
+    // `end` is when the last sample left the worklet; it is audible after the output's latency
+    const audible = msg.end === null ? null : msg.end + outputLatency();
     ws.send(JSON.stringify({
-      type: "played", played: msg.played, pos: msg.pos, end: msg.end,
+      type: "played", played: msg.played, pos: msg.pos, end: audible,
       level: msg.level, wall: wallNow(),
     }));
     stats.reportsSent++;
