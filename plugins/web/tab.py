@@ -109,6 +109,7 @@ class PageOutput:
         self._turn_started = False
         self.turn_sent_wall: dict[int, float] = {}
         self.paused = False
+        self.pauses = 0
 
     def _notify(self) -> None:
         self._changed.set()
@@ -163,6 +164,7 @@ class PageOutput:
         on the tab's clock (the message takes a loopback or LAN hop, well under a frame)."""
         if not self.closed and not self.paused:
             self.paused = True
+            self.pauses += 1
             self._protocol.send_json({"type": "pause"})
             self._wake()
         return self.clock()
@@ -332,6 +334,7 @@ class TabRecord:
     frames_in: int = 0
     audio_messages: int = 0
     clears: int = 0
+    pauses: int = 0
     reports: int = 0
     uplink_ms: list[float] = field(default_factory=list)
     turn_audio: dict[int, tuple[float, float, float]] = field(default_factory=dict)
@@ -501,4 +504,5 @@ async def run_tab(
     finally:
         rec.audio_messages = output.audio_messages
         rec.clears = output.clears
+        rec.pauses = output.pauses
     return rec

@@ -208,6 +208,8 @@ async function startAudio(ready) {
   node.port.onmessage = (e) => onWorklet(e.data);
   ctx.createMediaStreamSource(stream).connect(node);
   node.connect(ctx.destination);
+  stats.sampleRate = ctx.sampleRate;
+  stats.outputLatencyMs = Math.round(outputLatency() * 1000);
   setStatus("listening");
 }
 

@@ -100,10 +100,10 @@ class VoxloopIO extends AudioWorkletProcessor {
       this.sumSq += s * s;
     }
     if (this.playing && this.readPos >= this.received) {
+      if (!this.flushed) this.underruns++; // ran dry mid-answer (not its end)
       this.playing = false;
       this.flushed = false;
       this.waited = 0;
-      this.underruns++;
     }
     if (!this.playing) this.waited = queued > 0 ? this.waited : 0;
     for (let c = 1; c < outputs[0].length; c++) outputs[0][c].set(out);
