@@ -172,3 +172,24 @@ async def test_the_page_says_plainly_when_the_microphone_is_refused_or_the_serve
         assert await page.evaluate("window.voxloop.stats.state") == "ended"
         assert page.exceptions == []
     assert bot.ended, "the tab's conversation ended with the server"
+
+
+async def test_the_token_travels_in_the_page_url_and_plain_http_from_afar_is_explained() -> None:
+    bot = QuietBot()
+    async with Chromium(None) as browser:
+        async with running_web_server(WebApp(bot, WebConfig(token="tab-token"))) as url:
+            page = await browser.open_page(url + "/#token=tab-token")
+            await page.evaluate("document.getElementById('start').click()")
+            await page.wait_for("window.voxloop.stats.framesSent > 5", limit=10)
+            stranger = await browser.open_page(url + "/")
+            await stranger.evaluate("document.getElementById('start').click()")
+            assert "token" in await stranger.wait_for(MESSAGE, limit=10)
+            # the same server under a name that is not localhost, over plain http: what a
+            # machine across the LAN sees (the name resolves to 127.0.0.1, nothing leaves it)
+            port = url.rsplit(":", 1)[1]
+            afar = await browser.open_page(f"http://voxloop.test:{port}/#token=tab-token")
+            assert await afar.evaluate("window.isSecureContext") is False
+            await afar.evaluate("document.getElementById('start').click()")
+            text = await afar.wait_for(MESSAGE, limit=10)
+            assert "plain http" in text and "--tls-cert" in text
+            assert page.exceptions == stranger.exceptions == afar.exceptions == []

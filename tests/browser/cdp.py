@@ -128,6 +128,8 @@ class Chromium:
             "--use-fake-device-for-media-stream",
             "--autoplay-policy=no-user-gesture-required",
             "--mute-audio",
+            # a name other than localhost for this machine, to see a page as a LAN peer would
+            "--host-resolver-rules=MAP voxloop.test 127.0.0.1",
             "about:blank",
         ]
         if not self.grant:
