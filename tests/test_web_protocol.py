@@ -224,3 +224,18 @@ async def test_pause_resume_and_level_follow_the_page() -> None:
     assert out.level == 0.0, "no report yet: level unknown"
     out._on_report(report(played=0, pos=0, end=None, level=1200.0))
     assert out.level == 1200.0
+    playing = PlayoutReport(1600, 1600, 3.0, 900.0, None, latency=0.04)
+    out._on_report(playing)
+    out.resume()
+    assert out.pause() == pytest.approx(3.04), "what the worklet rendered still sounds"
+
+
+def test_a_flood_of_text_messages_is_dropped() -> None:
+    p = PageProtocol(Limits(text_burst=20, text_per_second=100))
+    p.receive_text(hello(), 0.0)
+    ping = '{"type": "played", "played": 0, "pos": 0, "end": null, "level": 0}'
+    events = [p.receive_text(ping, 0.0)[0] for _ in range(30)]
+    assert sum(isinstance(e, PlayoutReport) for e in events) == 19  # the hello took one
+    assert all(isinstance(e, Violation) and e.kind == "flood" for e in events[19:])
+    steady = [p.receive_text(ping, 1.0 + i * 0.02)[0] for i in range(100)]
+    assert all(isinstance(e, PlayoutReport) for e in steady), "a report per frame is fine"

@@ -13,12 +13,14 @@ page -> server
   the server needs none.
 - binary: the microphone, PCM16 little-endian mono at ``R``, exactly 20 ms a message
   (``R / 50`` samples).
-- text ``{"type": "played", "played": N, "pos": P, "end": T, "level": L, "wall": W}``: the
-  playout report, sent after each microphone frame. ``N`` is the agent samples the page has
-  really played (cumulative, at the server's `OUTPUT_RATE`), ``P`` its position in the audio
-  received (played or dropped by a clear), ``T`` the stream time (seconds of microphone sent)
-  just after the last real sample played (or null), ``L`` the recent output RMS (int16 scale),
-  ``W`` the page's wall clock in ms (for the latency benchmark only).
+- text ``{"type": "played", "played": N, "pos": P, "end": T, "level": L, "latency": S,
+  "wall": W}``: the playout report, sent after each microphone frame. ``N`` is the agent
+  samples the page has really played (cumulative, at the server's `OUTPUT_RATE`), ``P`` its
+  position in the audio received (played or dropped by a clear), ``T`` the stream time
+  (seconds of microphone sent) when the last real sample played becomes audible (or null),
+  ``L`` the recent output RMS (int16 scale), ``S`` the output latency the browser reports
+  (worklet to speaker, seconds), ``W`` the page's wall clock in ms (for the latency benchmark
+  only).
 - text ``{"type": "cleared", "id": K, "played": N}``: the page dropped its queue for clear K.
 - text ``{"type": "turn_audio", "turn": n, "recv_wall": W1, "play_wall": W2}``: when the first
   audio of turn n arrived and when it began to play (benchmark only).
@@ -35,7 +37,8 @@ server -> page
 Bad input never raises: it becomes a `Violation(kind, detail, fatal, count)`. Non-fatal ones
 drop the message and the tab goes on: ``not_json``, ``not_object``, ``unknown_type``,
 ``malformed``, ``duplicate_hello``, ``frame_size`` (a binary message that is not exactly 20 ms),
-``flood`` (microphone frames faster than real time allows: dropped). Fatal ones close this tab's
+``flood`` (microphone frames faster than real time allows, or text messages faster than
+`Limits.text_per_second`: dropped). Fatal ones close this tab's
 socket with a clear reason: ``no_hello`` (binary or a report before hello, or no hello within
 `Limits.hello_timeout`, 1008), ``bad_hello`` (1008), ``refused`` (a wrong token, 1008),
 ``too_large`` (1009), and a non-fatal kind repeated past `Limits.max_violations` (1008).
@@ -63,6 +66,8 @@ class Limits:
     hello_timeout: float = 10.0
     flood_burst_frames: int = 25  # 0.5 s of microphone may arrive early (a network hiccup)
     flood_slack: float = 1.25  # ...and frames may come this much faster than real time
+    text_per_second: float = 150.0  # a page sends ~50 reports a second, plus a few others
+    text_burst: int = 100
     max_violations: int = 50  # of one non-fatal kind, before the tab is closed
 
 
@@ -89,6 +94,7 @@ class PlayoutReport:
     end: float | None
     level: float
     wall: float | None
+    latency: float = 0.0  # seconds from the worklet to the speaker, as the browser says
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +148,8 @@ class PageProtocol:
         self._opened_at: float | None = None
         self._credit = float(self.limits.flood_burst_frames)
         self._credit_at: float | None = None
+        self._text_credit = float(self.limits.text_burst)
+        self._text_at: float | None = None
         self.frames_in = 0
 
     def __repr__(self) -> str:
@@ -199,12 +207,25 @@ class PageProtocol:
         self._credit -= 1.0
         return True
 
+    def _take_text_credit(self, now: float) -> bool:
+        lim = self.limits
+        if self._text_at is not None:
+            refill = (now - self._text_at) * lim.text_per_second
+            self._text_credit = min(float(lim.text_burst), self._text_credit + refill)
+        self._text_at = now
+        if self._text_credit < 1.0:
+            return False
+        self._text_credit -= 1.0
+        return True
+
     def receive_text(self, text: str, now: float) -> list[Event]:
         if self.closed is not None:
             return []
         if len(text) > self.limits.max_text_chars:
             what = f"a {len(text)}-character text message"
             return [self._violation("too_large", what, True, 1009)]
+        if not self._take_text_credit(now):
+            return [self._violation("flood", "text messages faster than a page sends them")]
         try:
             message = json.loads(text)
         except ValueError:
@@ -278,7 +299,9 @@ class PageProtocol:
         ):
             return [self._violation("malformed", "a playout report without played/pos/level")]
         end_s = None if end is None else _number(end)
-        return [PlayoutReport(played, pos, end_s, max(0.0, level), _number(message.get("wall")))]
+        latency = min(1.0, max(0.0, _number(message.get("latency")) or 0.0))
+        wall = _number(message.get("wall"))
+        return [PlayoutReport(played, pos, end_s, max(0.0, level), wall, latency)]
 
     def _violation(
         self, kind: str, detail: str, fatal: bool = False, code: int = 1008

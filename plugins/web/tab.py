@@ -56,14 +56,21 @@ class MessageSocket(Protocol):
     """The little the tab loop needs from a WebSocket."""
 
     async def receive(self) -> str | bytes | None:
-        """The next message (text or binary), or None once the peer closed."""
+        """The next message (text or binary), or None once the peer closed. Cancelling
+        abandons the wait (no message is lost)."""
         ...
 
-    async def send_text(self, text: str) -> None: ...
+    async def send_text(self, text: str) -> None:
+        """Send a text message (a no-op once closed). Cancelling may cut it off."""
+        ...
 
-    async def send_bytes(self, data: bytes) -> None: ...
+    async def send_bytes(self, data: bytes) -> None:
+        """Send a binary message (a no-op once closed). Cancelling may cut it off."""
+        ...
 
-    async def close(self, code: int, reason: str) -> None: ...
+    async def close(self, code: int, reason: str) -> None:
+        """Close with ``code`` and ``reason``. Cancelling leaves the socket closing."""
+        ...
 
 
 class PageOutput:
@@ -110,6 +117,7 @@ class PageOutput:
         self.turn_sent_wall: dict[int, float] = {}
         self.paused = False
         self.pauses = 0
+        self._latency = 0.0  # the page's output latency (worklet to speaker), as reported
 
     def _notify(self) -> None:
         self._changed.set()
@@ -152,7 +160,7 @@ class PageOutput:
         self._pending_clears.add(self.clears)
         self._protocol.send_json({"type": "clear", "id": self.clears})
         self._pos_floor = self._pos = self.sent
-        now = self.clock()
+        now = self.clock() + self._latency  # what the worklet rendered still sounds
         if self._end is not None and self._end > now:
             self._end = now
         self._wake()
@@ -160,14 +168,18 @@ class PageOutput:
         return dropped
 
     def pause(self) -> float:
-        """Hold the page's playout (it keeps its queue); return when it falls silent: at once,
-        on the tab's clock (the message takes a loopback or LAN hop, well under a frame)."""
+        """Hold the page's playout (it keeps its queue); return when its speaker falls silent,
+        on the tab's clock: after the output latency the page reports (what its worklet already
+        rendered still sounds), if it was playing."""
+        now = self.clock()
         if not self.closed and not self.paused:
             self.paused = True
             self.pauses += 1
             self._protocol.send_json({"type": "pause"})
             self._wake()
-        return self.clock()
+        if self._end is not None and self._end > now - self._latency:
+            return now + self._latency
+        return now
 
     def resume(self) -> None:
         if not self.closed and self.paused:
@@ -236,6 +248,7 @@ class PageOutput:
         if report.end is not None:
             self._end = report.end
         self._level, self._level_at = report.level, self._report_at
+        self._latency = report.latency
         heard = self.samples_played
         if self._first_at is None and heard > 0:
             end = report.end if report.end is not None else self.clock()

@@ -180,7 +180,7 @@ function onWorklet(msg) {
     const audible = msg.end === null ? null : msg.end + outputLatency();
     ws.send(JSON.stringify({
       type: "played", played: msg.played, pos: msg.pos, end: audible,
-      level: msg.level, wall: wallNow(),
+      level: msg.level, latency: outputLatency(), wall: wallNow(),
     }));
     stats.reportsSent++;
   } else if (msg.type === "cleared") {
