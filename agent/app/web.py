@@ -176,13 +176,15 @@ def cmd_web(args: argparse.Namespace) -> int:
         stt = await load_stt(args.stt_url, progress=progress)
         async with (
             llm_endpoint(settings.llm_url, progress=progress) as llm_ep,
-            tts_endpoint(settings.tts_url, progress=progress) as tts_ep,
+            tts_endpoint(settings.tts_url, progress=progress, clients=config.max_tabs) as tts_ep,
             make_llm(settings, llm_ep) as llm,
         ):
             tools_notice(llm, tools, progress)
+            options = options_from(args)
+            options.warm_up = llm_ep.local and tts_ep.local  # local engines: warm them per tab
             bot = WebBot(
                 settings=settings,
-                options=options_from(args),
+                options=options,
                 stt=stt,
                 llm=llm,
                 tts_endpoint=tts_ep,
