@@ -169,7 +169,9 @@ def cmd_web(args: argparse.Namespace) -> int:
     progress = stderr_progress("web")
     public = not loopback(args.host)
     token = args.token or (new_token() if public else None)
-    config = WebConfig(token=token, require_origin=public)
+    config = WebConfig(
+        token=token, require_origin=public, allowed_origins=tuple(args.allow_origin or ())
+    )
     tls = bool(args.tls_cert)
 
     async def main() -> None:
@@ -235,6 +237,13 @@ def register(sub: Any) -> None:
         "--token",
         help="the token pages must present (default: none on loopback, else a random one, "
         "printed in the page URL)",
+    )
+    p.add_argument(
+        "--allow-origin",
+        action="append",
+        metavar="ORIGIN",
+        help="another origin pages may come from, as scheme://host[:port] (behind a reverse "
+        "proxy that terminates TLS); repeat for several",
     )
     p.add_argument(
         "--greeting", default="", help="what the agent says when a tab starts (default: nothing)"
