@@ -157,7 +157,7 @@ MESSAGE = (
 )
 
 
-async def test_the_page_says_plainly_when_the_microphone_is_refused_or_the_server_goes() -> None:
+async def test_the_page_says_plainly_when_there_is_no_microphone_or_the_server_goes() -> None:
     bot = QuietBot()
     async with Chromium(None, grant=False) as refusing:  # headless refuses the prompt
         async with running_web_server(WebApp(bot)) as url:
@@ -165,6 +165,12 @@ async def test_the_page_says_plainly_when_the_microphone_is_refused_or_the_serve
             await denied.evaluate("document.getElementById('start').click()")
             assert "permission was denied" in await denied.wait_for(MESSAGE, limit=10)
             assert denied.exceptions == []
+    async with Chromium(None, fake_device=False) as deaf:  # no microphone on this machine
+        async with running_web_server(WebApp(bot)) as url:
+            none = await deaf.open_page(url + "/")
+            await none.evaluate("document.getElementById('start').click()")
+            assert "No microphone was found" in await none.wait_for(MESSAGE, limit=10)
+            assert none.exceptions == []
     async with Chromium(None) as browser:
         async with running_web_server(WebApp(bot)) as url:
             page = await browser.open_page(url + "/")

@@ -133,7 +133,8 @@ class PageOutput:
         """Send PCM16 mono at 16 kHz to the page. Waits while `max_lead` seconds are ahead of
         the page's playout; cancelling sends nothing more of this chunk."""
         piece = OUTPUT_RATE // 10 * 2
-        for at in range(0, len(pcm) - len(pcm) % 2, piece):
+        pcm = pcm[: len(pcm) - len(pcm) % 2]  # whole samples only
+        for at in range(0, len(pcm), piece):
             while not self.closed and self.sent - self._pos >= self._max_lead:
                 await self._wait_change(0.1)
             if self.closed:

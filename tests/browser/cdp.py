@@ -100,11 +100,17 @@ class Chromium:
     """A headless Chromium with a fake microphone, driven over the DevTools protocol."""
 
     def __init__(
-        self, fake_mic: str | Path | None = None, *, loop_mic: bool = False, grant: bool = True
+        self,
+        fake_mic: str | Path | None = None,
+        *,
+        loop_mic: bool = False,
+        grant: bool = True,
+        fake_device: bool = True,
     ) -> None:
         self.fake_mic = fake_mic
         self.loop_mic = loop_mic
         self.grant = grant  # False: no fake permission prompt (headless then refuses)
+        self.fake_device = fake_device  # False: no microphone at all (headless has none)
         self._proc: anyio.abc.Process | None = None
         self._ws: ClientConnection | None = None
         self._next_id = 0
@@ -134,6 +140,8 @@ class Chromium:
         ]
         if not self.grant:
             flags.remove("--use-fake-ui-for-media-stream")
+        if not self.fake_device:
+            flags.remove("--use-fake-device-for-media-stream")
         if self.fake_mic is not None:
             suffix = "" if self.loop_mic else "%noloop"
             flags.insert(-1, f"--use-file-for-fake-audio-capture={self.fake_mic}{suffix}")
