@@ -71,6 +71,7 @@ def fake_mic(piper_engine: Any, tmp_path_factory: pytest.TempPathFactory) -> Pat
     return path
 
 
+@pytest.mark.engines
 async def test_a_spoken_question_is_answered_and_a_barge_in_clears_the_page(
     piper_engine: Any, whisper_stt: Any, fake_mic: Path
 ) -> None:

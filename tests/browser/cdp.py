@@ -172,6 +172,13 @@ class Chromium:
 
     async def __aexit__(self, *exc: object) -> None:
         try:
+            with anyio.move_on_after(3, shield=True):  # let it close (and reap) its helpers
+                await self.send("Browser.close")
+                if self._proc is not None:
+                    await self._proc.wait()
+        except (CDPError, OSError, websockets.ConnectionClosed):
+            pass
+        try:
             self._tg.cancel_scope.cancel()
             await self._tg.__aexit__(None, None, None)
             if self._ws is not None:
@@ -189,17 +196,24 @@ class Chromium:
 
     async def _read(self) -> None:
         assert self._ws is not None
-        async for raw in self._ws:
-            message = json.loads(raw)
-            if "id" in message:
-                self._replies[message["id"]] = message
-                waiting = self._waiting.pop(message["id"], None)
-                if waiting is not None:
-                    waiting.set()
-            else:
-                page = self._pages.get(message.get("sessionId", ""))
-                if page is not None:
-                    page._event(message["method"], message.get("params", {}))
+        try:
+            async for raw in self._ws:
+                message = json.loads(raw)
+                if "id" in message:
+                    self._replies[message["id"]] = message
+                    waiting = self._waiting.pop(message["id"], None)
+                    if waiting is not None:
+                        waiting.set()
+                else:
+                    page = self._pages.get(message.get("sessionId", ""))
+                    if page is not None:
+                        page._event(message["method"], message.get("params", {}))
+        except websockets.ConnectionClosed:
+            pass  # the browser went away (closed, or killed)
+        finally:
+            for waiting in self._waiting.values():  # nothing more will answer
+                waiting.set()
+            self._waiting.clear()
 
     async def send(
         self, method: str, params: dict[str, Any] | None = None, *, session_id: str | None = None
@@ -214,7 +228,9 @@ class Chromium:
         await self._ws.send(json.dumps(message))
         with anyio.fail_after(30):
             await done.wait()
-        reply = self._replies.pop(mid)
+        reply = self._replies.pop(mid, None)
+        if reply is None:
+            raise CDPError(f"{method}: the browser closed the DevTools connection")
         if "error" in reply:
             raise CDPError(f"{method}: {reply['error']}")
         result: dict[str, Any] = reply.get("result", {})
