@@ -67,7 +67,8 @@ class VoxloopIO extends AudioWorkletProcessor {
     const input = inputs[0] && inputs[0][0];
     const out = outputs[0][0];
     const n = out ? out.length : 128;
-    const start = this.captured; // stream position of this quantum's first sample
+    // stream position of this quantum's first sample (the frame being filled included)
+    const start = this.captured + this.fill;
     // -- playback
     const queued = this.received - this.readPos;
     if (!this.playing && queued > 0) {
