@@ -35,7 +35,7 @@ install_system_packages() {
     sudo apt-get update -qq >/dev/null
     sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   else
-    say "warning: ${missing[*]} missing and no root: sound devices will not work (files still do)."
+    say "warning: ${missing[*]} missing and no root: sound devices (libportaudio2) and the browser tests (chromium) need them; install them, or run as root."
   fi
 }
 

@@ -10,5 +10,6 @@ python -m bench.turn_pipeline
 python -m bench.bargein --episodes 10
 python -m bench.voice_to_voice
 python -m bench.tool_round
+python -m bench.web_latency
 python -m bench.phone_calls
 python -m bench.phone_calls --mode fake --calls 10 25 50 100 150
