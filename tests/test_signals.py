@@ -85,6 +85,7 @@ COMMANDS = {
         ),
         Command("demo", ("demo", "--out", "{tmp}"), TTS_READY, True),
         Command("phone", ("phone", "--port", "0", "--out", "{tmp}"), r"phone server on", True),
+        Command("web", ("web", "--port", "0"), r"open http", True),
         Command(
             "run",
             ("run", "--stt-url", "http://127.0.0.1:9/v1"),
