@@ -51,7 +51,9 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket
+
+from plugins.asgi import StarletteSocket, loopback, tcp_socket
 
 from .call import (
     STREAM_TOKEN_PARAM,
@@ -66,7 +68,6 @@ from .security import AuthToken, StreamTokens, validate_signature
 log = logging.getLogger("voxloop.twilio")
 
 MAX_WEBHOOK_BYTES = 64 * 1024
-LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 
 
 @dataclass(slots=True)
@@ -109,45 +110,6 @@ def twiml_connect_stream(url: str, parameters: Iterable[tuple[str, str]]) -> str
     return ('<?xml version="1.0" encoding="UTF-8"?>'
             f"<Response><Connect><Stream url={quoteattr(url)}>{params}</Stream></Connect>"
             "</Response>")
-
-
-class _StarletteSocket:
-    """`call.MessageSocket` over a Starlette WebSocket (disconnects become None / no-ops)."""
-
-    def __init__(self, ws: WebSocket) -> None:
-        self._ws = ws
-        self._closed = False
-
-    async def receive(self) -> str | bytes | None:
-        try:
-            message = await self._ws.receive()
-        except (WebSocketDisconnect, RuntimeError):
-            return None
-        if message["type"] == "websocket.disconnect":
-            self._closed = True
-            return None
-        text = message.get("text")
-        if text is not None:
-            return str(text)
-        data = message.get("bytes")
-        return bytes(data) if data is not None else ""
-
-    async def send_text(self, text: str) -> None:
-        if self._closed:
-            return
-        try:
-            await self._ws.send_text(text)
-        except (WebSocketDisconnect, RuntimeError, OSError):
-            self._closed = True
-
-    async def close(self, code: int, reason: str) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            await self._ws.close(code, reason)
-        except (WebSocketDisconnect, RuntimeError, OSError):
-            pass
 
 
 class PhoneApp:
@@ -240,7 +202,7 @@ class PhoneApp:
 
     async def _media(self, ws: WebSocket) -> None:
         await ws.accept()
-        socket = _StarletteSocket(ws)
+        socket = StarletteSocket(ws)
         if self.draining:
             await socket.close(1013, "server draining: try again later")
             return
@@ -289,17 +251,6 @@ class _DrainingServer:
         self.server = Server(config)
 
 
-def loopback(host: str) -> bool:
-    return host in LOOPBACK_HOSTS or host.startswith("127.")
-
-
-def _tcp_socket(host: str) -> socket.socket:
-    """A TCP socket for `host`, made with IPPROTO_TCP: asyncio sets TCP_NODELAY only then, and
-    with Nagle on, the frame after each mark arrived 11-15 ms late."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    return socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-
-
 def uvicorn_config(app: PhoneApp, host: str, port: int, **kwargs: Any) -> Any:
     import uvicorn
 
@@ -346,7 +297,7 @@ async def serve(
         if started is not None:
             tg.start_soon(_signal_started, runner, started)
         if reuse_port:
-            sock = _tcp_socket(host)
+            sock = tcp_socket(host)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind((host, port))
             try:
@@ -380,7 +331,7 @@ async def running_phone_server(
     with `app.start_draining()` and `app.wait_idle()` to let them finish). Cancelling the body
     stops the server the same way.
     """
-    sock = _tcp_socket(host)
+    sock = tcp_socket(host)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     bound = sock.getsockname()[1]

@@ -37,13 +37,14 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket
+
+from plugins.asgi import StarletteSocket, loopback, tcp_socket
 
 from .tab import TabHandler, TabRecord, TabSettings, run_tab
 
 log = logging.getLogger("voxloop.web")
 
-LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 STATIC_FILES = {
     "index.html": "text/html; charset=utf-8",
     "app.js": "text/javascript; charset=utf-8",
@@ -56,10 +57,6 @@ CSP = (
     "connect-src 'self'; media-src 'self' blob:; object-src 'none'; base-uri 'none'; "
     "frame-ancestors 'none'"
 )
-
-
-def loopback(host: str) -> bool:
-    return host in LOOPBACK_HOSTS or host.startswith("127.")
 
 
 def new_token() -> str:
@@ -80,53 +77,6 @@ class WebConfig:
 
 def _static(name: str) -> bytes:
     return resources.files("plugins.web").joinpath("static", name).read_bytes()
-
-
-class _StarletteSocket:
-    """`tab.MessageSocket` over a Starlette WebSocket (disconnects become None / no-ops)."""
-
-    def __init__(self, ws: WebSocket) -> None:
-        self._ws = ws
-        self._closed = False
-
-    async def receive(self) -> str | bytes | None:
-        try:
-            message = await self._ws.receive()
-        except (WebSocketDisconnect, RuntimeError):
-            return None
-        if message["type"] == "websocket.disconnect":
-            self._closed = True
-            return None
-        text = message.get("text")
-        if text is not None:
-            return str(text)
-        data = message.get("bytes")
-        return bytes(data) if data is not None else b""
-
-    async def send_text(self, text: str) -> None:
-        if self._closed:
-            return
-        try:
-            await self._ws.send_text(text)
-        except (WebSocketDisconnect, RuntimeError, OSError):
-            self._closed = True
-
-    async def send_bytes(self, data: bytes) -> None:
-        if self._closed:
-            return
-        try:
-            await self._ws.send_bytes(data)
-        except (WebSocketDisconnect, RuntimeError, OSError):
-            self._closed = True
-
-    async def close(self, code: int, reason: str) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            await self._ws.close(code, reason)
-        except (WebSocketDisconnect, RuntimeError, OSError):
-            pass
 
 
 class WebApp:
@@ -197,7 +147,7 @@ class WebApp:
             await ws.close(1008, refusal[:120])  # before accept: the handshake gets HTTP 403
             return
         await ws.accept()
-        sock = _StarletteSocket(ws)
+        sock = StarletteSocket(ws)
         if len(self.live) >= self.config.max_tabs:
             await ws.send_text('{"type":"error","message":"too many tabs are open on this server"}')
             await sock.close(1013, "too many tabs")
@@ -270,9 +220,7 @@ async def running_web_server(
     the server the same way."""
     import uvicorn
 
-    # IPPROTO_TCP: asyncio sets TCP_NODELAY only on such sockets (Nagle would hold frames back)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock = tcp_socket(host)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     bound = sock.getsockname()[1]
