@@ -25,6 +25,9 @@ environment:
   ELEVENLABS_BASE_URL  TTS server to use instead (e.g. ws://127.0.0.1:8765); nothing local starts
   OPENAI_API_KEY       use the real OpenAI service for the LLM
   OPENAI_BASE_URL      OpenAI-compatible server to use instead; nothing local starts
+  TWILIO_AUTH_TOKEN    voxloop phone: verify Twilio's webhook signatures (needed beyond 127.0.0.1)
+  VOXLOOP_PUBLIC_URL   voxloop phone: the public https:// address Twilio reaches (a tunnel)
+  VOXLOOP_TTS_API_KEY  voxloop tts-server: the key clients must present
 Without keys or URLs every stage runs offline on loopback with the embedded engines.
 """
 
