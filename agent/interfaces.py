@@ -94,6 +94,30 @@ class STT(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class TurnGuess:
+    """A turn detector's verdict on an utterance so far: is the user done speaking?
+
+    ``probability`` is the model's confidence that the turn is complete (0..1); ``complete`` is
+    that probability against the detector's threshold. ``compute_seconds``: model time."""
+
+    complete: bool
+    probability: float
+    compute_seconds: float = 0.0
+
+
+@runtime_checkable
+class TurnDetector(Protocol):
+    """Decides from the audio whether a user who just paused has finished their turn (an
+    end-of-turn model such as Smart Turn). Asked at the first short silence; the voice loop
+    falls back to a longer silence when the answer is "not complete"."""
+
+    async def predict(self, pcm: bytes, sample_rate: int) -> TurnGuess:
+        """The verdict on the utterance so far (16-bit mono PCM at ``sample_rate``, the whole
+        utterance from its onset). Cancelling abandons the verdict."""
+        ...
+
+
 @dataclass(slots=True)
 class WordTiming:
     """A word as spoken, with absolute times (seconds from the context's first audio)."""
