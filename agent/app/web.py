@@ -203,8 +203,11 @@ def cmd_web(args: argparse.Namespace) -> int:
                 )
             print(f"open {url}", flush=True)
             await serve(
-                WebApp(bot, config), host=args.host, port=args.port,
-                tls_cert=args.tls_cert, tls_key=args.tls_key,
+                WebApp(bot, config),
+                host=args.host,
+                port=args.port,
+                tls_cert=args.tls_cert,
+                tls_key=args.tls_key,
             )
 
     anyio.run(main)
