@@ -21,8 +21,10 @@ imported. The features are computed here, with numpy:
 - the model's input ``input_features`` is (batch, 80, 800); its one output (named ``logits``)
   is already a sigmoid probability that the turn is complete, compared with 0.5.
 
-Measured on this project's 2-core machine (one intra-op thread): about 30-40 ms per call,
-whatever the utterance length (the window is always 8 s), of which the features take ~5 ms.
+Cost, measured on this project's shared 2-core machine (AMD EPYC, one intra-op thread): about
+55 ms of CPU per call, whatever the utterance's length (the window is always 8 s): ~45-50 ms in
+the model, ~5-10 ms for the features. In wall time that was 60-140 ms per call (median ~110 ms)
+with the machine's load average at 6, i.e. other work competing for both cores.
 """
 
 from __future__ import annotations
@@ -109,6 +111,14 @@ def _mel_filters() -> npt.NDArray[np.float64]:
 
 
 _FILTERS = _mel_filters()
+# The filterbank as its non-zero weights, band after band (each band a contiguous, non-empty run
+# of bins): applied with a gather and `np.add.reduceat` instead of a matrix product, because a
+# product this small is slower through a multi-threaded BLAS on a busy machine (tens of ms
+# instead of one, measured on 2 shared cores) and threads are the caller's to spend.
+_BANDS, _BINS = np.nonzero(_FILTERS)
+_WEIGHTS = _FILTERS[_BANDS, _BINS]
+_BAND_STARTS = np.searchsorted(_BANDS, np.arange(_N_MELS))
+assert np.array_equal(np.unique(_BANDS), np.arange(_N_MELS)), "every mel band covers a bin"
 _HANN = 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(_N_FFT) / _N_FFT)  # periodic
 _FRAME_STARTS = np.arange(_N_FRAMES)[:, None] * _HOP + np.arange(_N_FFT)[None, :]
 
@@ -133,7 +143,8 @@ def log_mel_features(samples: npt.ArrayLike) -> FloatArray:
     padded = np.pad(normalized.astype(np.float64), half, mode="reflect")
     frames = padded[_FRAME_STARTS] * _HANN  # (800, 400): the centred frames but the last
     power = np.abs(np.fft.rfft(frames, axis=1)) ** 2  # (800, 201)
-    log_mel = np.log10(np.maximum(_FILTERS @ power.T, _LOG_FLOOR))  # (80, 800)
+    mel = np.add.reduceat(power[:, _BINS] * _WEIGHTS, _BAND_STARTS, axis=1)  # (800, 80)
+    log_mel = np.log10(np.maximum(mel.T, _LOG_FLOOR))  # (80, 800)
     log_mel = np.maximum(log_mel, log_mel.max() - _DYNAMIC_RANGE)
     return np.asarray((log_mel + 4.0) / 4.0, dtype=np.float32)
 
@@ -168,13 +179,13 @@ class SmartTurn:
 
     ``predict(pcm, sample_rate)`` takes the utterance so far (16-bit mono PCM, any rate, from its
     onset) and answers a `TurnGuess`: ``probability`` that the turn is complete, ``complete``
-    when it is above ``threshold`` (default 0.5, the model's), and ``compute_seconds`` (about
-    30-40 ms here: see the module doc). Empty audio is "not complete" at probability 0 without
-    running the model; a trailing odd byte is ignored.
+    when it is above ``threshold`` (default 0.5, the model's), and ``compute_seconds`` (~55 ms
+    of CPU, more in wall time on a busy machine: see the module doc). Empty audio is "not
+    complete" at probability 0 without running the model; a trailing odd byte is ignored.
 
     ``model_path`` defaults to the weights in the `pipecat-ai` wheel (`bundled_model_path`).
     The session is loaded on first use and shared by every `SmartTurn` of the process; call
-    `load()` (blocking) or enter ``async with`` to pay that cost (~0.3 s) up front.
+    `load()` (blocking) or enter ``async with`` to pay that cost (~0.2 s here) up front.
     """
 
     _sessions: ClassVar[dict[tuple[str, int], Any]] = {}
