@@ -103,9 +103,12 @@ async def test_real_local_llm_turn_streams_into_the_socket(
         openai_llm = OpenAILLM("smollm2", base_url=llm_server.base_url, max_tokens=60)
         llm = RecordingLLM(openai_llm)
         output = WavFileOutput(16000, tmp_path)
-        async with openai_llm, ElevenLabsTTS(
-            TTSConfig(output_format="pcm_16000"), base_url=tts_server.url, frame_listener=wire
-        ) as tts:
+        async with (
+            openai_llm,
+            ElevenLabsTTS(
+                TTSConfig(output_format="pcm_16000"), base_url=tts_server.url, frame_listener=wire
+            ) as tts,
+        ):
             session = Session(
                 llm,
                 tts,
