@@ -8,7 +8,7 @@ A turn is one task group under the caller's cancel scope (DESIGN.md):
 
 `flush: true` goes out once per turn, right after the last text (and, in a turn with tools, once
 more after the text said before each tool round, so it plays while the tools run). With
-``first_clause`` on (the default) one more flush goes right after the answer's first clause
+``first_clause`` on (the default), one more flush goes right after the answer's first clause
 ("Sure, ", "The sky is blue. "), so the TTS starts speaking it at once instead of waiting for
 its chunk schedule to fill: the first audio comes a clause after the first token. The caller
 (the voice loop's turn runner, or `voxloop chat`) cancels the turn from outside on barge-in or

@@ -120,7 +120,10 @@ class AgentOptions:
     max_tool_rounds: int = 4
     tool_filler: str = "One moment."  # said when tools take longer than tool_filler_delay
     tool_filler_delay: float = 0.7
-    #: Flush the answer's first clause to the TTS at once (it speaks sooner; see `Session`).
+    #: Flush the answer's first clause to the TTS at once: a TTS that waits for its chunk
+    #: schedule (the ElevenLabs service) speaks it sooner; a barge-in then still pays for the
+    #: flushed clause. Our local server starts on the first clause by itself: the app turns
+    #: this off for it.
     first_clause: bool = True
     #: Warm STT, LLM and TTS while the user is still silent (a first request to a freshly loaded
     #: engine is slow). It costs a few tokens and characters: on by default for local engines.

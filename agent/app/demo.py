@@ -174,6 +174,7 @@ async def run_demo(
                     vad=VadConfig(min_silence_ms=500),
                     sentence_mode=settings.sentence_mode,
                     warm_up=llm_ep.local and tts_ep.local,
+                    first_clause=not tts_ep.local,  # the local server starts on it itself
                 ),
                 turn_detector=detector,
             )

@@ -101,6 +101,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 tools_notice(llm, tools, progress)
                 options = options_from(args)
                 options.warm_up = llm_ep.local and tts_ep.local  # local engines: warm them
+                options.first_clause = not tts_ep.local  # the local server starts on it itself
                 agent = Agent(
                     stt=stt,
                     llm=llm,

@@ -212,9 +212,11 @@ def cmd_phone(args: argparse.Namespace) -> int:
             make_llm(settings, llm_ep) as llm,
         ):
             tools_notice(llm, tools, progress)
+            options = phone_options(args)
+            options.first_clause = not tts_ep.local  # the local server starts on it itself
             bot = PhoneBot(
                 settings=settings,
-                options=phone_options(args),
+                options=options,
                 stt=stt,
                 llm=llm,
                 tts_endpoint=tts_ep,

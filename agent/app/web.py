@@ -189,6 +189,7 @@ def cmd_web(args: argparse.Namespace) -> int:
             tools_notice(llm, tools, progress)
             options = options_from(args)
             options.warm_up = llm_ep.local and tts_ep.local  # local engines: warm them per tab
+            options.first_clause = not tts_ep.local  # the local server starts on it itself
             bot = WebBot(
                 settings=settings,
                 options=options,
