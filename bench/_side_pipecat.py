@@ -60,6 +60,17 @@ def _send(wire: IO[str], message: dict[str, Any]) -> None:
     wire.flush()
 
 
+def _die_with_parent() -> None:
+    """Have the kernel send SIGTERM when the bench dies, so this side never outlives it
+    (Linux's PR_SET_PDEATHSIG; elsewhere nothing)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, 15, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
 def peak_rss_kb() -> int:
     """The process's peak resident set size so far, in KiB (Linux reports ru_maxrss in KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -205,7 +216,11 @@ def main() -> None:
     parser.add_argument("--voice", required=True, help="the voice id (the same as voxloop's)")
     parser.add_argument("--sample-rate", type=int, default=16000)
     args = parser.parse_args()
-    asyncio.run(serve(args.llm_url, args.tts_url, args.mode, args.voice, args.sample_rate))
+    _die_with_parent()
+    try:
+        asyncio.run(serve(args.llm_url, args.tts_url, args.mode, args.voice, args.sample_rate))
+    except KeyboardInterrupt:  # Ctrl-C reaches the whole process group: the bench cleans up
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

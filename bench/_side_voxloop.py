@@ -26,6 +26,7 @@ import anyio
 import anyio.to_thread
 
 from agent.app.compose import AgentSettings, Endpoint, make_llm, make_tts
+from agent.app.lifecycle import die_with_parent
 from agent.file_output import MemoryOutput
 from agent.session import Session
 
@@ -127,7 +128,11 @@ def main() -> None:
     parser.add_argument("--tts-url", required=True, help="the shared TTS server's ws:// URL")
     parser.add_argument("--sample-rate", type=int, default=16000)
     args = parser.parse_args()
-    anyio.run(serve, args.llm_url, args.tts_url, args.sample_rate)
+    die_with_parent()  # never outlive the bench, however it ends
+    try:
+        anyio.run(serve, args.llm_url, args.tts_url, args.sample_rate)
+    except KeyboardInterrupt:  # Ctrl-C reaches the whole process group: the bench cleans up
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

@@ -60,6 +60,7 @@ import anyio
 import anyio.abc
 from anyio.streams.buffered import BufferedByteReceiveStream
 
+from agent.app import lifecycle
 from agent.app.compose import stderr_progress
 from bench._report import print_grid, print_table, summary, verdict, write_json
 from plugins.elevenlabs.settings import DEFAULT_VOICE_ID
@@ -95,6 +96,12 @@ SIDES = {"voxloop": "voxloop", "sentence": "pipecat sentence", "token": "pipecat
 READY_DEADLINE_S = 120.0
 TURN_DEADLINE_S = 45.0
 QUIT_DEADLINE_S = 8.0
+#: `voxloop tts-server`, started so that the kernel stops it should this bench die uncleanly.
+TTS_SERVER = (
+    "import sys; from agent.app import lifecycle; lifecycle.die_with_parent(); "
+    "from agent.app.cli import main; "
+    "sys.exit(main(['tts-server', '--host', '127.0.0.1', '--port', '0']))"
+)
 
 Progress = Callable[[str], None]
 
@@ -126,11 +133,15 @@ def first_sentence_at(answer: str = ANSWER) -> float:
 # --- the Pipecat venv -----------------------------------------------------------------------
 
 
-def venv_python(venv: Path = VENV) -> Path:
+def venv_python(venv: Path) -> Path:
     return venv / "bin" / "python"
 
 
-def installed_pipecat(venv: Path = VENV) -> str | None:
+def _shown(path: Path) -> str:
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+def installed_pipecat(venv: Path) -> str | None:
     """The Pipecat version a finished install left in ``venv``, or None."""
     python = venv_python(venv)
     if not python.exists() or not (venv / MARKER).is_file():
@@ -150,10 +161,8 @@ def installed_pipecat(venv: Path = VENV) -> str | None:
 def _stream(cmd: Sequence[str], progress: Progress, deadline_s: float) -> tuple[int, list[str]]:
     """Run ``cmd``, telling its progress lines as they come; kill it past ``deadline_s``.
     Returns its exit code and its last lines."""
-    keep = ("Collecting", "Downloading", "Building", "Installing", "Successfully", "ERROR")
-    process = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=WORK
-    )
+    keep = ("Collecting", "Building", "Installing", "Successfully", "ERROR")
+    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     timer = threading.Timer(deadline_s, process.kill)
     timer.start()
     tail: list[str] = []
@@ -174,51 +183,59 @@ def _stream(cmd: Sequence[str], progress: Progress, deadline_s: float) -> tuple[
             process.wait()
 
 
-def ensure_pipecat_venv(progress: Progress) -> Path:
+def ensure_pipecat_venv(progress: Progress, venv: Path = VENV) -> Path:
     """The Pipecat venv's python: reused when a finished install is there, else created with
     ``python -m venv`` and filled by pip (minutes, once). Exits with what to do if it fails."""
-    version = installed_pipecat()
+    version = installed_pipecat(venv)
     if version is not None:
-        progress(f"Pipecat {version}: reusing {VENV.relative_to(ROOT)}")
-        return venv_python()
-    WORK.mkdir(parents=True, exist_ok=True)
-    if VENV.exists() and not venv_python().exists():
-        shutil.rmtree(VENV)  # a venv whose creation broke off: start again
-    if not VENV.exists():
-        progress(f"creating {VENV.relative_to(ROOT)} (python -m venv)")
+        progress(f"Pipecat {version}: reusing {_shown(venv)}")
+        return venv_python(venv)
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    if venv.exists() and not venv_python(venv).exists():
+        shutil.rmtree(venv)  # a venv whose creation broke off: start again
+    if not venv.exists():
+        progress(f"creating {_shown(venv)} (python -m venv)")
         created = subprocess.run(
-            [sys.executable, "-m", "venv", str(VENV)], capture_output=True, text=True, timeout=300
+            [sys.executable, "-m", "venv", str(venv)], capture_output=True, text=True, timeout=300
         )
         if created.returncode != 0:
             raise SystemExit(
-                f"vs_pipecat: could not create the Pipecat venv at {VENV}:\n{created.stderr}"
+                f"vs_pipecat: could not create the Pipecat venv at {venv}:\n{created.stderr}"
                 "Check that this Python has the venv module (Debian: apt-get install "
                 "python3-venv), or run with --sides voxloop."
             )
     progress(f"installing {PIPECAT_REQUIREMENT} with pip: a few minutes, once")
     code, tail = _stream(
-        [str(venv_python()), "-m", "pip", "install", "--progress-bar", "off", PIPECAT_REQUIREMENT],
+        [
+            str(venv_python(venv)),
+            "-m",
+            "pip",
+            "install",
+            "--progress-bar",
+            "off",
+            PIPECAT_REQUIREMENT,
+        ],
         progress,
         INSTALL_DEADLINE_S,
     )
     if code != 0:
         last = "\n".join(f"    {line}" for line in tail)
         raise SystemExit(
-            f"vs_pipecat: pip could not install {PIPECAT_REQUIREMENT} into {VENV} "
+            f"vs_pipecat: pip could not install {PIPECAT_REQUIREMENT} into {_shown(venv)} "
             f"(exit {code}). Its last lines:\n{last}\n"
-            "The package registry must be reachable by pip from this machine. Run again to "
-            "retry (the venv is reused), delete bench/work/pipecat-venv to start over, or run "
-            "with --sides voxloop to measure voxloop alone."
+            "pip must be able to reach the package registry from this machine. Run again to "
+            f"retry (the venv is reused), delete {_shown(venv)} to start over, or run with "
+            "--sides voxloop to measure voxloop alone."
         )
-    (VENV / MARKER).write_text(PIPECAT_REQUIREMENT + "\n")
-    version = installed_pipecat()
+    (venv / MARKER).write_text(PIPECAT_REQUIREMENT + "\n")
+    version = installed_pipecat(venv)
     if version is None:
         raise SystemExit(
             f"vs_pipecat: pip finished but pipecat-ai {PIPECAT_VERSION} is not importable in "
-            f"{VENV}; delete that folder and run again."
+            f"{_shown(venv)}; delete that folder and run again."
         )
     progress(f"Pipecat {version} installed")
-    return venv_python()
+    return venv_python(venv)
 
 
 # --- processes ------------------------------------------------------------------------------
@@ -260,10 +277,13 @@ def _log(name: str) -> IO[bytes]:
 async def tts_server_process() -> AsyncIterator[str]:
     """`voxloop tts-server` on a free loopback port, in its own process; yields its ws:// URL."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "agent.app.cli", "tts-server", "--host", "127.0.0.1"]
     with _log("tts-server") as log:
         process = await anyio.open_process(
-            [*cmd, "--port", "0"], stdout=subprocess.PIPE, stderr=log, cwd=ROOT, env=env
+            [sys.executable, "-c", TTS_SERVER],
+            stdout=subprocess.PIPE,
+            stderr=log,
+            cwd=ROOT,
+            env=env,
         )
         try:
             assert process.stdout is not None
@@ -563,11 +583,12 @@ def main() -> None:
     unknown = [n for n in names if n not in SIDES]
     if unknown or not names or args.turns < 1 or args.warmup < 0:
         parser.error(f"--sides takes {', '.join(SIDES)}; --turns >= 1, --warmup >= 0")
+    lifecycle.install()  # SIGTERM and SIGHUP stop the run as Ctrl-C does: children stopped
     try:
         result = anyio.run(measure, names, args.turns, args.warmup, args.gap)
     except KeyboardInterrupt:
         print("\nvs_pipecat: interrupted; every process it started has been stopped")
-        raise SystemExit(130) from None
+        raise SystemExit(lifecycle.exit_status(130)) from None
     result["ratios"] = ratios(result["sides"])
     report(result, args.turns)
     write_json(
