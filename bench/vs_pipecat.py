@@ -2,7 +2,7 @@
 
 What is measured, per turn, in each framework's own process and on its monotonic clock (Linux's
 CLOCK_MONOTONIC, one clock for every process of the machine, so the bench can line the turns up
-with the LLM server's times too):
+with the servers' times too):
 
   time to first audio   the user's text handed to the framework -> the first audio bytes of the
                         answer reach the framework's output (voxloop: its AudioOutput; Pipecat:
@@ -12,9 +12,15 @@ with the LLM server's times too):
                         arrived
   peak RSS              the framework process's ru_maxrss at the end of the run
 
-and, from the LLM server's side, where the time to first audio went: hand-over -> the request
-reaches the LLM (the framework's own start), and the LLM's first token -> first audio (text
-aggregation, the TTS round trip and the framework's plumbing; the TTS engine is the same).
+and, from the two servers' records, where the time to first audio went:
+
+  to LLM request        hand-over -> the request reaches the LLM server (the framework's start)
+  TTS starts            hand-over -> the TTS server starts synthesizing: the framework has sent
+                        it enough text (its text aggregation, and the server's chunk schedule
+                        or auto_mode as the framework asks for it)
+  engine 1st chunk      the TTS engine's time to its first chunk (piper; the same engine and
+                        server for both, and the term the machine's load swells most)
+  TTFA less engine      time to first audio minus that: what the frameworks themselves decide
 
 The sides, each a process of its own, driven turn by turn over stdin/stdout JSON lines:
 - voxloop (the project's venv, `bench/_side_voxloop.py`): built as `voxloop chat` builds it
@@ -26,9 +32,10 @@ The sides, each a process of its own, driven turn by turn over stdin/stdout JSON
 Shared by all three: `ScriptedChatServer` (a fake OpenAI-compatible streaming server from
 tests/fakes, on 127.0.0.1, in this process), which answers every request with the same
 three-sentence answer, word by word: the first token after 100 ms, then one every 30 ms; and
-one local ElevenLabs-compatible TTS server with the piper voice (`voxloop tts-server`, in its
-own process). Each framework's audio is discarded as it arrives (no real-time playout), the
-same for both.
+one local ElevenLabs-compatible TTS server with the piper voice, in its own process
+(`bench/_tts_server.py`: `running_server` as `voxloop tts-server` starts it, plus its
+timings). Each framework's audio is discarded as it arrives (no real-time playout), the same
+for both.
 
 Turns are interleaved (voxloop, sentence, token, then the next round starting one further on),
 --turns each (default 12) after --warmup turns each that are not counted. Targets (issue 13):
@@ -44,7 +51,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -96,12 +102,6 @@ SIDES = {"voxloop": "voxloop", "sentence": "pipecat sentence", "token": "pipecat
 READY_DEADLINE_S = 120.0
 TURN_DEADLINE_S = 45.0
 QUIT_DEADLINE_S = 8.0
-#: `voxloop tts-server`, started so that the kernel stops it should this bench die uncleanly.
-TTS_SERVER = (
-    "import sys; from agent.app import lifecycle; lifecycle.die_with_parent(); "
-    "from agent.app.cli import main; "
-    "sys.exit(main(['tts-server', '--host', '127.0.0.1', '--port', '0']))"
-)
 
 Progress = Callable[[str], None]
 
@@ -273,13 +273,33 @@ def _log(name: str) -> IO[bytes]:
     return (LOGS / f"{name}.log").open("wb")
 
 
+@dataclass
+class TTSServer:
+    """The shared TTS server's process (`bench._tts_server`) and its address."""
+
+    process: anyio.abc.Process
+    reader: LineReader
+    url: str = ""
+
+    async def new_contexts(self) -> list[dict[str, Any]]:
+        """The server's timings of the contexts opened since the last call, on the shared
+        monotonic clock."""
+        assert self.process.stdin is not None
+        await self.process.stdin.send(b"?\n")
+        with anyio.fail_after(10):
+            contexts: list[dict[str, Any]] = json.loads(await self.reader.line())["contexts"]
+        return contexts
+
+
 @asynccontextmanager
-async def tts_server_process() -> AsyncIterator[str]:
-    """`voxloop tts-server` on a free loopback port, in its own process; yields its ws:// URL."""
+async def tts_server_process() -> AsyncIterator[TTSServer]:
+    """The local TTS server with the piper voice, on a free loopback port, in its own
+    process; stopped after."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
     with _log("tts-server") as log:
         process = await anyio.open_process(
-            [sys.executable, "-c", TTS_SERVER],
+            [sys.executable, "-m", "bench._tts_server"],
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=log,
             cwd=ROOT,
@@ -287,15 +307,20 @@ async def tts_server_process() -> AsyncIterator[str]:
         )
         try:
             assert process.stdout is not None
-            reader = LineReader(process.stdout)
-            with anyio.fail_after(READY_DEADLINE_S):
-                first = (await reader.line()).decode()
-            found = re.search(r"ws://127\.0\.0\.1:\d+", first)
-            if found is None:
-                raise RuntimeError(f"the TTS server did not start: {first!r} (see {log.name})")
-            yield found.group(0)
+            server = TTSServer(process, LineReader(process.stdout))
+            try:
+                with anyio.fail_after(READY_DEADLINE_S):
+                    server.url = json.loads(await server.reader.line())["url"]
+            except (anyio.IncompleteRead, anyio.EndOfStream, TimeoutError) as err:
+                raise RuntimeError(f"the TTS server did not start: see {log.name}") from err
+            yield server
         finally:
-            process.terminate()
+            if process.stdin is not None:
+                with anyio.move_on_after(1, shield=True):
+                    try:
+                        await process.stdin.aclose()  # its end of input: it stops
+                    except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                        pass
             await _stop(process, "the TTS server")
 
 
@@ -378,8 +403,10 @@ def _words(text: str) -> str:
     return " ".join(text.split())
 
 
-def turn_row(reply: dict[str, Any], requests: Sequence[Any], question: str) -> dict[str, Any]:
-    """One turn's figures, in ms, from a side's report and the LLM server's record of it."""
+def turn_row(
+    reply: dict[str, Any], requests: Sequence[Any], question: str, contexts: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """One turn's figures, in ms, from a side's report and the LLM and TTS servers' records."""
     handed = reply["handed_at"]
     first = reply["first_audio_at"]
     row: dict[str, Any] = {
@@ -399,6 +426,15 @@ def turn_row(reply: dict[str, Any], requests: Sequence[Any], question: str) -> d
         row["to_llm_request_ms"] = (request.received_at - handed) * 1000
         if request.step_times and first is not None:
             row["first_token_to_audio_ms"] = (first - request.step_times[0]) * 1000
+    spoken = [c for c in contexts if c.get("first_synthesize_at") is not None]
+    tts = min(spoken, key=lambda c: c["first_synthesize_at"]) if spoken else {}
+    row["tts_contexts"] = len(spoken)
+    if tts.get("first_synthesize_at") is not None:
+        row["to_synthesis_ms"] = (tts["first_synthesize_at"] - handed) * 1000
+    if tts.get("engine_first_chunk_s") is not None:
+        row["engine_first_chunk_ms"] = tts["engine_first_chunk_s"] * 1000
+        if row["ttfa_ms"] is not None:
+            row["ttfa_less_engine_ms"] = row["ttfa_ms"] - row["engine_first_chunk_ms"]
     return row
 
 
@@ -416,12 +452,12 @@ async def measure(names: Sequence[str], turns: int, warmup: int, gap: float) -> 
     async with AsyncExitStack() as stack:
         llm = await stack.enter_async_context(ScriptedChatServer([scripted_reply()]))
         progress("starting the local TTS server (piper voice)")
-        tts_url = await stack.enter_async_context(tts_server_process())
-        progress(f"TTS server on {tts_url}; scripted LLM on {llm.base_url}")
+        tts = await stack.enter_async_context(tts_server_process())
+        progress(f"TTS server on {tts.url}; scripted LLM on {llm.base_url}")
         sides: dict[str, Side] = {}
         for name in names:
             progress(f"starting {SIDES[name]}")
-            cmd = side_command(name, llm.base_url, tts_url, pipecat)
+            cmd = side_command(name, llm.base_url, tts.url, pipecat)
             sides[name] = await stack.enter_async_context(side_process(name, cmd))
         total = warmup + turns
         for r, order in enumerate(rounds(names, total)):
@@ -429,8 +465,10 @@ async def measure(names: Sequence[str], turns: int, warmup: int, gap: float) -> 
             for name in order:
                 side = sides[name]
                 seen = len(llm.chat_requests)
+                await tts.new_contexts()  # forget contexts opened before this turn
                 reply = await side.ask({"op": "turn", "text": question}, TURN_DEADLINE_S)
-                row = turn_row(reply, llm.chat_requests[seen:], question)
+                contexts = await tts.new_contexts()
+                row = turn_row(reply, llm.chat_requests[seen:], question, contexts)
                 if r >= warmup:
                     side.turns.append(row)
                 await anyio.sleep(gap)
@@ -459,6 +497,9 @@ def side_result(side: Side) -> dict[str, Any]:
         "turn_ms": summary(values("turn_ms")),
         "to_llm_request_ms": _median(values("to_llm_request_ms")),
         "first_token_to_audio_ms": _median(values("first_token_to_audio_ms")),
+        "to_synthesis_ms": _median(values("to_synthesis_ms")),
+        "engine_first_chunk_ms": _median(values("engine_first_chunk_ms")),
+        "ttfa_less_engine_ms": _median(values("ttfa_less_engine_ms")),
         "audio_s": _median(values("audio_s")),
         "whole_answer_turns": sum(1 for r in rows if r["whole_answer"]),
         "errors": [r["error"] for r in rows if r["error"]],
@@ -493,9 +534,16 @@ def ratios(sides: dict[str, Any]) -> dict[str, dict[str, float]]:
             "ttfa_median": ours["ttfa_ms"]["median"] / theirs["ttfa_ms"]["median"],
             "ttfa_p95": ours["ttfa_ms"]["p95"] / theirs["ttfa_ms"]["p95"],
             "cpu_median": ours["cpu_ms"]["median"] / theirs["cpu_ms"]["median"],
+            "ttfa_less_engine_median": _ratio(
+                ours["ttfa_less_engine_ms"], theirs["ttfa_less_engine_ms"]
+            ),
             "peak_rss": ours["peak_rss_mb"] / theirs["peak_rss_mb"],
         }
     return out
+
+
+def _ratio(ours: float | None, theirs: float | None) -> float:
+    return float("nan") if ours is None or not theirs else ours / theirs
 
 
 def report(result: dict[str, Any], turns: int) -> None:
@@ -505,9 +553,12 @@ def report(result: dict[str, Any], turns: int) -> None:
         "TTFA median",
         "TTFA p95",
         "to LLM request",
-        "1st token->audio",
+        "TTS starts",
+        "engine 1st chunk",
+        "TTFA less engine",
         "CPU/turn median",
         "peak RSS",
+        "audio/turn",
         "whole answer",
     )
     grid = []
@@ -519,9 +570,12 @@ def report(result: dict[str, Any], turns: int) -> None:
                 _ms(ttfa.get("median")),
                 _ms(ttfa.get("p95")),
                 _ms(side["to_llm_request_ms"]),
-                _ms(side["first_token_to_audio_ms"]),
+                _ms(side["to_synthesis_ms"]),
+                _ms(side["engine_first_chunk_ms"]),
+                _ms(side["ttfa_less_engine_ms"]),
                 f"{side['cpu_ms']['median']:.0f} ms",
                 f"{side['peak_rss_mb']:.0f} MB",
+                f"{side['audio_s']:.1f} s",
                 f"{side['whole_answer_turns']}/{len(side['turns'])}",
             )
         )
@@ -548,6 +602,12 @@ def report(result: dict[str, Any], turns: int) -> None:
                 verdict(r["ttfa_median"], 0.5),
             ),
             (f"TTFA p95, voxloop / pipecat {mode}", f"{r['ttfa_p95']:.2f}x", "", ""),
+            (
+                f"  TTFA less the engine's first chunk, voxloop / pipecat {mode}",
+                f"{r['ttfa_less_engine_median']:.2f}x",
+                "",
+                "",
+            ),
             (
                 f"CPU per turn, voxloop / pipecat {mode}",
                 f"{r['cpu_median']:.2f}x",
