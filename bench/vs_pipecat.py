@@ -41,6 +41,7 @@ Turns are interleaved (voxloop, sentence, token, then the next round starting on
 --turns each (default 12) after --warmup turns each that are not counted. Targets (issue 13):
 voxloop's median time to first audio <= 0.5x Pipecat's, in both modes; CPU per turn <= 1.0x.
 The machine is shared: run it under `nice` and read the load average printed with the table.
+Each child's standard error goes to bench/work/logs/NAME.log.
 
     python -m bench.vs_pipecat --turns 12
     python -m bench.vs_pipecat --sides voxloop --turns 2     # no Pipecat venv needed
@@ -627,8 +628,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--turns", type=int, default=12, help="counted turns per side (>= 1)")
-    parser.add_argument("--warmup", type=int, default=2, help="uncounted turns per side first")
+    parser.add_argument("--turns", type=int, default=12, help="counted turns per side (default 12)")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=2,
+        help="uncounted turns per side first, to connect and warm up (default 2)",
+    )
     parser.add_argument(
         "--sides",
         default=",".join(SIDES),
