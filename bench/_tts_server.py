@@ -27,7 +27,9 @@ from plugins.elevenlabs.server import ContextTiming, running_server
 
 async def serve() -> None:
     """Serve until standard input ends."""
-    async with running_server() as server:
+    # ElevenLabs' own buffering (the schedule exactly): each framework meets the server as it
+    # would meet the service, with its own way of getting a first clause spoken early.
+    async with running_server(first_clause=False) as server:
         print(json.dumps({"url": server.url}), flush=True)
         told: set[int] = set()  # the contexts already told (a bench opens a few hundred)
         while await anyio.to_thread.run_sync(sys.stdin.readline):

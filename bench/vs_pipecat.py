@@ -33,8 +33,11 @@ Shared by all three: `ScriptedChatServer` (a fake OpenAI-compatible streaming se
 tests/fakes, on 127.0.0.1, in this process), which answers every request with the same
 three-sentence answer, word by word: the first token after 100 ms, then one every 30 ms; and
 one local ElevenLabs-compatible TTS server with the piper voice, in its own process
-(`bench/_tts_server.py`: `running_server` as `voxloop tts-server` starts it, plus its
-timings). Each framework's audio is discarded as it arrives (no real-time playout), the same
+(`bench/_tts_server.py`: `running_server` as `voxloop tts-server --exact-schedule` starts it,
+plus its timings). It buffers text as the ElevenLabs service does (the chunk schedule exactly,
+without the local server's own early first clause), so each framework meets the server as it
+would meet the service, with its own way of getting the first words spoken (voxloop flushes
+its first clause; Pipecat's sentence mode asks for auto_mode, its token mode sends tokens). Each framework's audio is discarded as it arrives (no real-time playout), the same
 for both.
 
 Turns are interleaved (voxloop, sentence, token, then the next round starting one further on),

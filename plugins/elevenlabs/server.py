@@ -688,6 +688,7 @@ async def running_server(
     allow_public_without_key: bool = False,
     max_connections: int = MAX_CONNECTIONS,
     max_connections_per_address: int = MAX_CONNECTIONS_PER_ADDRESS,
+    first_clause: bool = True,
 ) -> AsyncIterator[LocalTTSServer]:
     """Load the default local engine when none is given, then serve (loopback by default).
 
@@ -708,6 +709,7 @@ async def running_server(
         allow_public_without_key=allow_public_without_key,
         max_connections=max_connections,
         max_connections_per_address=max_connections_per_address,
+        first_clause=first_clause,
     ) as srv:
         yield srv
 
