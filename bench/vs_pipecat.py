@@ -37,8 +37,8 @@ one local ElevenLabs-compatible TTS server with the piper voice, in its own proc
 plus its timings). It buffers text as the ElevenLabs service does (the chunk schedule exactly,
 without the local server's own early first clause), so each framework meets the server as it
 would meet the service, with its own way of getting the first words spoken (voxloop flushes
-its first clause; Pipecat's sentence mode asks for auto_mode, its token mode sends tokens). Each framework's audio is discarded as it arrives (no real-time playout), the same
-for both.
+its first clause; Pipecat's sentence mode asks for auto_mode, its token mode sends tokens).
+Each framework's audio is discarded as it arrives (no real-time playout), the same for both.
 
 Turns are interleaved (voxloop, sentence, token, then the next round starting one further on),
 --turns each (default 12) after --warmup turns each that are not counted. Targets (issue 13):
