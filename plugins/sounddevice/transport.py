@@ -388,6 +388,11 @@ class SoundDeviceTransport:
                 continue
             self._mic_samples += len(pcm) // 2
             self._mic_seen_at = monotonic()
+            if self.use_output and self._output_failure() is not None:
+                # the speaker stopped calling back while the microphone goes on: noticed
+                # here too, not only when the agent next waits to play
+                assert self._error is not None
+                raise self._error
             yield AudioFrame(pcm, self.sample_rate)
 
     def _device(self, kind: Kind) -> str:
@@ -395,7 +400,8 @@ class SoundDeviceTransport:
         return f"the {kind} device" + (f" {name!r}" if name else "")
 
     def _output_failure(self) -> AudioDeviceError | None:
-        """The device failure, if any; the speaker's waits call this (every 0.25 s at most).
+        """The device failure, if any; the speaker's waits call this (every 0.25 s at most), and
+        the microphone's reader at every block.
 
         It also notices an output device that stopped calling back without a word (a hung
         driver, no finished report): the output clock has not moved for `stall_timeout_s`.
