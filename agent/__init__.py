@@ -47,11 +47,13 @@ from agent.interfaces import (
     ToolCall,
     Transcript,
     Transport,
+    TurnDetector,
+    TurnGuess,
 )
 from agent.tools import Tool, ToolContext, tool
 from agent.turntaking import BargeInRules
 from agent.vad import VadConfig
-from agent.voice_agent import Agent, AgentOptions, Conversation
+from agent.voice_agent import Agent, AgentOptions, Conversation, EndOfTurn
 from agent.voice_tools import end_call, read_digits
 
 __version__ = "0.1.0"
@@ -72,6 +74,7 @@ __all__ = [
     "ConversationLog",
     "Dtmf",
     "EchoConfig",
+    "EndOfTurn",
     "ErrorEvent",
     "Event",
     "Interrupted",
@@ -88,7 +91,9 @@ __all__ = [
     "ToolFinished",
     "Transcript",
     "Transport",
+    "TurnDetector",
     "TurnFinished",
+    "TurnGuess",
     "TurnRecord",
     "UserSaid",
     "VadConfig",

@@ -7,7 +7,10 @@ A turn is one task group under the caller's cancel scope (DESIGN.md):
     TTSStream.chunks ──► AudioOutput.play ──► drain                    (the player task)
 
 `flush: true` goes out once per turn, right after the last text (and, in a turn with tools, once
-more after the text said before each tool round, so it plays while the tools run). The caller
+more after the text said before each tool round, so it plays while the tools run). With
+``first_clause`` on (the default), one more flush goes right after the answer's first clause
+("Sure, ", "The sky is blue. "), so the TTS starts speaking it at once instead of waiting for
+its chunk schedule to fill: the first audio comes a clause after the first token. The caller
 (the voice loop's turn runner, or `voxloop chat`) cancels the turn from outside on barge-in or
 hang-up; cleanup (abort the TTS context, clear queued audio) then runs shielded with a short
 deadline, and the history keeps only the words the user heard, as told by the output's playout
@@ -80,6 +83,7 @@ class Session:
         max_tool_rounds: int = 4,
         tool_filler: str = "One moment.",
         tool_filler_delay: float = 0.7,
+        first_clause: bool = True,
     ) -> None:
         self.llm = llm
         self.tts = tts
@@ -91,6 +95,7 @@ class Session:
         self.max_tool_rounds = max_tool_rounds
         self.tool_filler = tool_filler
         self.tool_filler_delay = tool_filler_delay
+        self.first_clause = first_clause
         self._tool_rounds: list[tuple[ToolRound, int]] = []  # this turn's, with sent chars
         self.history: list[ChatMessage] = []
         if instructions:
@@ -108,12 +113,14 @@ class Session:
         *,
         on_audio: Callable[[], None] | None = None,
         say: str | None = None,
+        go_ahead: anyio.Event | None = None,
     ) -> TurnRecord:
         """Answer ``user_text``; fill and return ``record`` (a new one if None).
 
         ``on_audio`` is called once, when the answer's first audio reaches the output. With
         ``say``, the agent speaks that text instead of asking the LLM (a greeting) and
-        ``user_text`` is not added to the history.
+        ``user_text`` is not added to the history. ``go_ahead``: the turn is tentative (the
+        user only paused) until this event is set; tools are not run before it.
 
         Cancelling this coroutine (barge-in, hang-up) ends the turn as interrupted: the TTS
         context is aborted and queued audio cleared (shielded, bounded), the history and
@@ -137,7 +144,7 @@ class Session:
             stream = await self.tts.open_context()
             record.tts_context = stream.context_id
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self._speak, stream, record, spoken, say)
+                tg.start_soon(self._speak, stream, record, spoken, say, go_ahead)
                 tg.start_soon(self._play, stream, record, on_audio)
         except BaseException as err:
             # A failure that names its cause (the TTS socket lost mid-turn, an output error)
@@ -160,7 +167,12 @@ class Session:
         return record
 
     async def _speak(
-        self, stream: TTSStream, record: TurnRecord, spoken: list[str], say: str | None = None
+        self,
+        stream: TTSStream,
+        record: TurnRecord,
+        spoken: list[str],
+        say: str | None = None,
+        go_ahead: anyio.Event | None = None,
     ) -> None:
         """LLM deltas → chunker → socket, with tool rounds between; then exactly one flush
         after the last text, and the close.
@@ -169,7 +181,12 @@ class Session:
         while the tools run; if a round takes longer than `tool_filler_delay`, a short filler
         is said (and flushed).
         """
-        text = _Spoken(TextChunker(sentence_mode=self.sentence_mode), spoken)
+        text = _Spoken(
+            TextChunker(sentence_mode=self.sentence_mode),
+            spoken,
+            go_ahead=go_ahead,
+            clause_pending=self.first_clause,
+        )
         record.timeline.mark("llm_request", self.clock.now())
         try:
             if self.toolbox is None or say is not None:  # no tools: the model's stream as is
@@ -225,7 +242,14 @@ class Session:
             for piece in text.chunker.push(chunk.text):
                 await self._send(stream, piece, record, text.spoken)
                 text.unflushed = True
+                if text.clause_pending and _ends_clause(text.spoken):
+                    text.clause_pending = False
+                    await stream.flush()  # the first clause: the TTS speaks it now
+                    text.unflushed = False
         elif isinstance(chunk, ToolsStarted):
+            if text.go_ahead is not None:  # a tentative turn runs no tool before it stands
+                await text.go_ahead.wait()
+                now = self.clock.now()
             timeline.mark_first("first_tool_call", now)
             await self._say_rest(stream, record, text)
             if text.unflushed:  # what was said before the calls plays while they run
@@ -383,6 +407,8 @@ class _Spoken:
     spoken: list[str]
     full: list[str] = field(default_factory=list)
     unflushed: bool = False
+    go_ahead: anyio.Event | None = None
+    clause_pending: bool = False  # the first clause still gets a flush of its own
     filler: anyio.CancelScope | None = None
 
 
@@ -396,6 +422,21 @@ class _Says:
         self, messages: Sequence[ChatMessage], *, tools: Sequence[ToolSchema] = ()
     ) -> AsyncGenerator[LLMChunk, None]:
         yield TextDelta(self.text)
+
+
+_CLAUSE_END = frozenset(".!?…,;:")
+_SENTENCE_END = frozenset(".!?…")
+
+
+def _ends_clause(spoken: list[str]) -> bool:
+    """The text sent so far ends a clause worth speaking alone: a sentence ("Sure! ", "It is
+    blue. "), or two words or more before a comma, semicolon or colon ("Well, " is too short)."""
+    last = spoken[-1].rstrip().rstrip("\"')]}”’»")
+    if not last or last[-1] not in _CLAUSE_END:
+        return False
+    if last[-1] in _SENTENCE_END:
+        return True
+    return len("".join(spoken).split()) >= 2
 
 
 def tool_outcome(result: ToolResult) -> str:

@@ -38,6 +38,7 @@ class MonotonicClock:
 MARKS: dict[str, str] = {
     "user_speech_start": "the user's voice began",
     "user_speech_end": "the user's last voiced frame",
+    "user_paused": "the user paused: a tentative answer started (thinking ahead)",
     "end_of_turn": "the voice loop decided the user's turn had ended",
     "transcript": "STT returned the transcript",
     "llm_request": "the chat completion request went out",

@@ -12,6 +12,17 @@ no audio, so every barge-in rule is tested as a table: events in, actions out.
     INTERRUPTED ──TurnEnded──► LISTENING                  (cleanup done: resume the empty output)
     any ──HangUp──► ENDED
 
+Thinking ahead (`think_ahead`): when the user pauses (`UserPaused`, the first short silence),
+a *tentative* turn starts on the utterance so far with the output held, so its transcript,
+tokens and even audio are ready when the turn really ends:
+
+    LISTENING ──UserPaused──► PREPARING ──FirstAudio──► PREPARED     (hold the output; start)
+    PREPARING / PREPARED ──SpeechEnded──► THINKING / SPEAKING        (commit it; let it play)
+    PREPARING / PREPARED ──UserResumed──► WITHDRAWING                (cancel it; nothing heard)
+    WITHDRAWING ──TurnEnded──► LISTENING                             (its number is reused)
+
+Nothing of a tentative turn is played, said or recorded before `CommitTurn`.
+
 An utterance that ends while a turn still holds the floor (barge-in off, or the user's next
 sentence ending before the cancelled turn has cleaned up) is queued and starts when the floor
 is free: one answer at a time, in order.
@@ -29,10 +40,12 @@ __all__ = [
     "BargeInRules",
     "CancelTurn",
     "ClearOutput",
+    "CommitTurn",
     "Floor",
     "HangUp",
     "PauseOutput",
     "ResumeOutput",
+    "Say",
     "SpeechConfirmed",
     "SpeechEnded",
     "StartTurn",
@@ -40,6 +53,8 @@ __all__ = [
     "TurnEnded",
     "TurnTaking",
     "TurnTakingEvent",
+    "UserPaused",
+    "UserResumed",
     "VoiceLost",
     "VoiceOnset",
 ]
@@ -56,6 +71,9 @@ class Floor(enum.Enum):
     PAUSED_THINKING = "paused thinking"  # voice over a thinking turn: output held, turn goes on
     PAUSED_SPEAKING = "paused speaking"  # voice over the agent: output held, turn goes on
     INTERRUPTED = "interrupted"  # barge-in: the turn is being cancelled and cleaned up
+    PREPARING = "preparing"  # the user paused: a tentative turn runs, the output is held
+    PREPARED = "prepared"  # ... and its first audio is ready, held
+    WITHDRAWING = "withdrawing"  # the user went on: the tentative turn is being cancelled
     ENDED = "ended"  # the conversation is over
 
     @property
@@ -92,6 +110,27 @@ class SpeechEnded(Generic[U]):
 
 
 @dataclass(frozen=True, slots=True)
+class Say(Generic[U]):
+    """The agent has something to say of its own (a greeting): answered like an utterance
+    when the floor is free, queued otherwise (never committing a tentative turn)."""
+
+    utterance: U
+
+
+@dataclass(frozen=True, slots=True)
+class UserPaused(Generic[U]):
+    """The user paused (a short silence, not yet the end of the turn); ``utterance`` is what
+    they said so far."""
+
+    utterance: U
+
+
+@dataclass(frozen=True, slots=True)
+class UserResumed:
+    """The user's voice came back after `UserPaused`: the same utterance goes on."""
+
+
+@dataclass(frozen=True, slots=True)
 class TurnAudioStarted:
     """Turn ``turn``'s first audio reached the output."""
 
@@ -115,6 +154,9 @@ TurnTakingEvent = (
     | VoiceLost
     | SpeechConfirmed
     | SpeechEnded[U]
+    | Say[U]
+    | UserPaused[U]
+    | UserResumed
     | TurnAudioStarted
     | TurnEnded
     | HangUp
@@ -141,7 +183,7 @@ class ClearOutput:
 @dataclass(frozen=True, slots=True)
 class CancelTurn:
     """Cancel turn ``turn``. ``reason``: "barge-in" (with the voice's ``onset`` and the moment
-    it was ``decided``) or "hang-up"."""
+    it was ``decided``), "hang-up", or "resumed" (a tentative turn withdrawn: the user went on)."""
 
     turn: int
     reason: str
@@ -151,13 +193,24 @@ class CancelTurn:
 
 @dataclass(frozen=True, slots=True)
 class StartTurn(Generic[U]):
-    """Answer ``utterance`` as turn ``turn`` (numbered from 1)."""
+    """Answer ``utterance`` as turn ``turn`` (numbered from 1). ``tentative``: the user only
+    paused; keep the turn's events and record until `CommitTurn` (the output is held)."""
+
+    turn: int
+    utterance: U
+    tentative: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CommitTurn(Generic[U]):
+    """The tentative turn ``turn`` stands: the user's turn ended with ``utterance`` (the
+    same speech, its end now decided)."""
 
     turn: int
     utterance: U
 
 
-Action = PauseOutput | ResumeOutput | ClearOutput | CancelTurn | StartTurn[U]
+Action = PauseOutput | ResumeOutput | ClearOutput | CancelTurn | StartTurn[U] | CommitTurn[U]
 
 
 # -- the table --------------------------------------------------------------------------------
@@ -173,6 +226,10 @@ class _Do(enum.Enum):
     START = "start"  # start the event's utterance now
     QUEUE = "queue"  # queue the event's utterance behind the running turn
     NEXT = "next"  # the floor is free: start the first queued utterance, if any
+    PREPARE = "prepare"  # start the event's utterance as a tentative turn
+    COMMIT = "commit"  # the tentative turn stands
+    WITHDRAW = "withdraw"  # cancel the tentative turn (the user went on)
+    REUSE = "reuse"  # the withdrawn turn's number is free again
 
 
 @dataclass(frozen=True)
@@ -183,6 +240,9 @@ class BargeInRules:
     enabled: bool = True
     pause_on_onset: bool = True
     max_queued: int = 4  # utterances waiting for the floor; the oldest is dropped beyond this
+    #: Start a tentative turn when the user pauses (`UserPaused`), committed when the turn
+    #: ends, withdrawn if the user goes on (see the module doc).
+    think_ahead: bool = True
 
 
 _F = Floor
@@ -195,11 +255,29 @@ def build_table(rules: BargeInRules) -> dict[tuple[Floor, type], Row]:
     An event with no row changes nothing (a stale or irrelevant event)."""
     table: dict[tuple[Floor, type], Row] = {
         (_F.LISTENING, SpeechEnded): (_F.THINKING, (_Do.START,)),
+        (_F.LISTENING, Say): (_F.THINKING, (_Do.START,)),
         (_F.THINKING, TurnAudioStarted): (_F.SPEAKING, _NOTHING),
         (_F.PAUSED_THINKING, TurnAudioStarted): (_F.PAUSED_SPEAKING, _NOTHING),
     }
-    for busy in (_F.THINKING, _F.SPEAKING, _F.PAUSED_THINKING, _F.PAUSED_SPEAKING, _F.INTERRUPTED):
+    busy_floors = (_F.THINKING, _F.SPEAKING, _F.PAUSED_THINKING, _F.PAUSED_SPEAKING)
+    for busy in (*busy_floors, _F.INTERRUPTED, _F.WITHDRAWING):
         table[(busy, SpeechEnded)] = (busy, (_Do.QUEUE,))
+    for busy in (*busy_floors, _F.INTERRUPTED, _F.WITHDRAWING, _F.PREPARING, _F.PREPARED):
+        table[(busy, Say)] = (busy, (_Do.QUEUE,))
+    if rules.think_ahead:
+        table[(_F.LISTENING, UserPaused)] = (_F.PREPARING, (_Do.PAUSE, _Do.PREPARE))
+        table[(_F.PREPARING, TurnAudioStarted)] = (_F.PREPARED, _NOTHING)
+        table[(_F.PREPARING, SpeechEnded)] = (_F.THINKING, (_Do.COMMIT, _Do.RESUME))
+        table[(_F.PREPARED, SpeechEnded)] = (_F.SPEAKING, (_Do.COMMIT, _Do.RESUME))
+        for tentative in (_F.PREPARING, _F.PREPARED):
+            table[(tentative, UserResumed)] = (_F.WITHDRAWING, (_Do.CLEAR, _Do.WITHDRAW))
+            # It ended on its own (it failed, or understood nothing): the utterance will be
+            # answered afresh when the turn really ends.
+            table[(tentative, TurnEnded)] = (_F.LISTENING, (_Do.CLEAR, _Do.RESUME, _Do.REUSE))
+        table[(_F.WITHDRAWING, TurnEnded)] = (
+            _F.LISTENING,
+            (_Do.CLEAR, _Do.RESUME, _Do.REUSE, _Do.NEXT),
+        )
     for running in (_F.THINKING, _F.SPEAKING):
         table[(running, TurnEnded)] = (_F.LISTENING, (_Do.NEXT,))
     for held in (_F.PAUSED_THINKING, _F.PAUSED_SPEAKING, _F.INTERRUPTED):
@@ -216,6 +294,21 @@ def build_table(rules: BargeInRules) -> dict[tuple[Floor, type], Row]:
             table[(running, SpeechConfirmed)] = (_F.INTERRUPTED, (_Do.PAUSE, _Do.CLEAR, _Do.CANCEL))
             table[(paused, SpeechConfirmed)] = (_F.INTERRUPTED, (_Do.CLEAR, _Do.CANCEL))
     return table
+
+
+#: Floors where the output is held (paused) until the turn ends or commits.
+_HELD = frozenset(
+    {
+        _F.PAUSED_THINKING,
+        _F.PAUSED_SPEAKING,
+        _F.INTERRUPTED,
+        _F.PREPARING,
+        _F.PREPARED,
+        _F.WITHDRAWING,
+    }
+)
+#: Floors where, from the outside, the user still has the floor (a tentative turn runs).
+_USER_HOLDS = frozenset((_F.LISTENING, _F.PREPARING, _F.PREPARED, _F.WITHDRAWING))
 
 
 class UserState(enum.Enum):
@@ -249,10 +342,12 @@ class TurnTaking(Generic[U]):
     def state(self) -> str:
         """One word for a status line: listening, user speaking, thinking, speaking, paused,
         interrupted, ended."""
-        if self.floor is Floor.LISTENING and self.user is UserState.SPEAKING:
+        if self.floor in _USER_HOLDS and self.user is UserState.SPEAKING:
             return "user speaking"
         if self.floor in (Floor.PAUSED_THINKING, Floor.PAUSED_SPEAKING):
             return "paused"
+        if self.floor in _USER_HOLDS:  # a tentative turn is not the agent's floor yet
+            return "listening"
         return str(self.floor.value)
 
     def feed(self, event: TurnTakingEvent[U], now: float) -> list[Action[U]]:
@@ -270,6 +365,11 @@ class TurnTaking(Generic[U]):
         for step in steps:
             actions.extend(self._step(step, event, now))
         return actions
+
+    @property
+    def tentative(self) -> bool:
+        """The running turn is tentative (the user paused; not committed yet)."""
+        return self.floor in (Floor.PREPARING, Floor.PREPARED, Floor.WITHDRAWING)
 
     def _track_user(self, event: TurnTakingEvent[U]) -> None:
         if isinstance(event, VoiceOnset) and self.user is UserState.SILENT:
@@ -292,10 +392,23 @@ class TurnTaking(Generic[U]):
             self.barge_ins += 1
             return [CancelTurn(self.turn, "barge-in", onset=event.onset, decided=now)]
         if step is _Do.START:
-            assert isinstance(event, SpeechEnded)
+            assert isinstance(event, SpeechEnded | Say)
             return [self._start(event.utterance)]
+        if step is _Do.PREPARE:
+            assert isinstance(event, UserPaused)
+            return [self._start(event.utterance, tentative=True)]
+        if step is _Do.COMMIT:
+            assert isinstance(event, SpeechEnded) and self.turn is not None
+            return [CommitTurn(self.turn, event.utterance)]
+        if step is _Do.WITHDRAW:
+            assert self.turn is not None
+            return [CancelTurn(self.turn, "resumed")]
+        if step is _Do.REUSE:
+            self.turn = None
+            self.turns_started -= 1
+            return []
         if step is _Do.QUEUE:
-            assert isinstance(event, SpeechEnded)
+            assert isinstance(event, SpeechEnded | Say)
             self.queued.append(event.utterance)
             if len(self.queued) > self.rules.max_queued:
                 self.queued.popleft()
@@ -308,16 +421,16 @@ class TurnTaking(Generic[U]):
             return [self._start(self.queued.popleft())]
         return []
 
-    def _start(self, utterance: U) -> StartTurn[U]:
+    def _start(self, utterance: U, *, tentative: bool = False) -> StartTurn[U]:
         self.turns_started += 1
         self.turn = self.turns_started
-        return StartTurn(self.turn, utterance)
+        return StartTurn(self.turn, utterance, tentative)
 
     def _hang_up(self) -> list[Action[U]]:
         self.queued.clear()
         running, self.turn = self.turn, None
-        was_held = self.floor in (Floor.PAUSED_THINKING, Floor.PAUSED_SPEAKING, Floor.INTERRUPTED)
-        already_cancelled = self.floor is Floor.INTERRUPTED
+        was_held = self.floor in _HELD
+        already_cancelled = self.floor in (Floor.INTERRUPTED, Floor.WITHDRAWING)
         self.floor = Floor.ENDED
         actions: list[Action[U]] = []
         if running is not None and not already_cancelled:

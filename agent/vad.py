@@ -72,6 +72,9 @@ class VadConfig:
     - `aggressiveness`: webrtcvad mode 0 (least) .. 3 (most eager to call audio non-speech).
     - `min_speech_ms`: voiced audio needed to confirm speech (`SpeechStarted`).
     - `min_silence_ms`: silence after speech that ends the turn (`SpeechEnded`).
+    - `pause_ms`: a shorter silence after speech that is announced (`SpeechPaused`, once per
+      silence; `SpeechResumed` if the voice comes back before the turn ends), so the voice loop
+      can ask an end-of-turn model and start preparing its answer; None: no announcement.
     - `max_onset_gap_frames`: unvoiced frames tolerated inside a tentative onset.
     - `pre_roll_ms` / `post_roll_ms`: audio kept before the onset / after the end of speech in
       the utterance, so speech-to-text hears the first and last syllables whole.
@@ -84,6 +87,7 @@ class VadConfig:
     aggressiveness: int = 2
     min_speech_ms: int = 120
     min_silence_ms: int = 500
+    pause_ms: int | None = None
     max_onset_gap_frames: int = 1
     pre_roll_ms: int = 200
     post_roll_ms: int = 200
@@ -112,6 +116,15 @@ class VadConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"VadConfig.{name} must be a positive integer (ms), got {value!r}")
+        if self.pause_ms is not None and (
+            not isinstance(self.pause_ms, int)
+            or isinstance(self.pause_ms, bool)
+            or not 0 < self.pause_ms < self.min_silence_ms
+        ):
+            raise ValueError(
+                "VadConfig.pause_ms must be None or a positive integer (ms) below "
+                f"min_silence_ms ({self.min_silence_ms}), got {self.pause_ms!r}"
+            )
         for name in ("max_onset_gap_frames", "pre_roll_ms", "post_roll_ms"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
@@ -151,6 +164,26 @@ class VoiceLost:
 
 
 @dataclass(frozen=True, slots=True)
+class SpeechPaused:
+    """Speech (from `t_onset`) stopped at `t_end` and `pause_ms` of silence followed, decided at
+    `t`: the turn may be over. `audio` is the utterance so far (as `SpeechEnded.audio` would be
+    if the turn ended now), from stream time `audio_start`."""
+
+    t_end: float
+    t: float
+    t_onset: float = 0.0
+    audio_start: float = 0.0
+    audio: AudioFrame = field(default=AudioFrame(b"", _FALLBACK_RATE), repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechResumed:
+    """Voice came back at `t` after a `SpeechPaused`: the same utterance goes on."""
+
+    t: float
+
+
+@dataclass(frozen=True, slots=True)
 class SpeechEnded:
     """Speech (from `t_onset`) ended at `t_end`; the silence was confirmed at `t_confirmed`.
 
@@ -165,7 +198,7 @@ class SpeechEnded:
     audio: AudioFrame = field(default=AudioFrame(b"", _FALLBACK_RATE), repr=False)
 
 
-VadEvent = VoiceOnset | SpeechStarted | VoiceLost | SpeechEnded
+VadEvent = VoiceOnset | SpeechStarted | VoiceLost | SpeechPaused | SpeechResumed | SpeechEnded
 
 VadState = Literal["silent", "onset", "speaking"]
 
@@ -186,6 +219,9 @@ class SpeechDetector:
         self._hang_short, self._hang_long = short, long
         self._voiced_needed = math.ceil(cfg.min_speech_ms / cfg.frame_ms) + short
         self._silence_needed = math.ceil(cfg.min_silence_ms / cfg.frame_ms)
+        self._pause_needed = (
+            None if cfg.pause_ms is None else max(1, math.ceil(cfg.pause_ms / cfg.frame_ms))
+        )
         self._pre_roll_frames = math.ceil(cfg.pre_roll_ms / cfg.frame_ms)
         self._post_roll_frames = math.ceil(cfg.post_roll_ms / cfg.frame_ms)
         self._max_utterance_bytes = round(cfg.max_utterance_s * self.processing_rate) * 2
@@ -210,6 +246,7 @@ class SpeechDetector:
         self._gap = 0
         self._run_start = 0  # first frame of the current voiced run
         self._first_unvoiced: int | None = None
+        self._paused = False  # a SpeechPaused was announced for the current silence
 
     # -- queries --------------------------------------------------------------------------------
 
@@ -227,6 +264,18 @@ class SpeechDetector:
     def time(self) -> float:
         """Stream seconds processed so far (whole frames)."""
         return self._frame_index * self._frame_s
+
+    @property
+    def is_paused(self) -> bool:
+        """True after `SpeechPaused`, until the voice resumes or the turn ends."""
+        return self._paused
+
+    def end_now(self) -> list[VadEvent]:
+        """End the paused utterance at once (an end-of-turn model said the user is done):
+        returns its `SpeechEnded`, decided now, or nothing if the detector is not paused."""
+        if not self._paused:
+            return []
+        return [self._end_utterance(self._estimated_end(), self._frame_index)]
 
     def speech_pcm(self) -> bytes:
         """Audio of the current utterance (in progress) or of the last one that ended.
@@ -332,12 +381,31 @@ class SpeechDetector:
             if self._first_unvoiced is not None:
                 self._run_start = i
             self._first_unvoiced = None
+            if self._paused:
+                self._paused = False
+                events.append(SpeechResumed(self._t(i)))
             return
         if self._first_unvoiced is None:
             self._first_unvoiced = i
         end = self._estimated_end()
-        if i + 1 - end >= self._silence_needed:
+        silence = i + 1 - end
+        if silence >= self._silence_needed:
             events.append(self._end_utterance(end, i + 1))
+        elif self._pause_needed is not None and not self._paused and silence >= self._pause_needed:
+            self._paused = True
+            events.append(self._pause(end, i + 1))
+
+    def _pause(self, end_index: int, decided_index: int) -> SpeechPaused:
+        keep_frames = end_index + self._post_roll_frames - self._utterance_start
+        return SpeechPaused(
+            t_end=self._t(end_index),
+            t=self._t(decided_index),
+            t_onset=self._t(self._onset_index),
+            audio_start=self._t(self._utterance_start),
+            audio=AudioFrame(
+                bytes(self._utterance[: keep_frames * self._frame_bytes]), self.processing_rate
+            ),
+        )
 
     def _estimated_end(self) -> int:
         """Frame index where speech really ended, undoing webrtcvad's hangover."""
@@ -352,6 +420,7 @@ class SpeechDetector:
         del self._utterance[keep_frames * self._frame_bytes :]
         self._state = "silent"
         self._first_unvoiced = None
+        self._paused = False
         return SpeechEnded(
             t_end=self._t(end_index),
             t_confirmed=self._t(decided_index),

@@ -41,7 +41,7 @@ from agent.events import (
     TurnFinished,
     UserSaid,
 )
-from agent.interfaces import LLM, STT, TTS, ChatMessage, Transport
+from agent.interfaces import LLM, STT, TTS, ChatMessage, Transport, TurnDetector, TurnGuess
 from agent.session import Session
 from agent.tools import Tool, ToolBox, ToolResult
 from agent.turntaking import (
@@ -49,9 +49,12 @@ from agent.turntaking import (
     BargeInRules,
     CancelTurn,
     ClearOutput,
+    CommitTurn,
+    Floor,
     HangUp,
     PauseOutput,
     ResumeOutput,
+    Say,
     SpeechConfirmed,
     SpeechEnded,
     StartTurn,
@@ -59,25 +62,57 @@ from agent.turntaking import (
     TurnEnded,
     TurnTaking,
     TurnTakingEvent,
+    UserPaused,
+    UserResumed,
     VoiceLost,
     VoiceOnset,
 )
 
 log = logging.getLogger("voxloop.voice")
 
-Utterance = vad.SpeechEnded | str  # what the user said, or a text the agent says (`say`)
+#: What a turn answers: what the user said (so far, for a tentative turn), or a text the agent
+#: says (`say`).
+Utterance = vad.SpeechEnded | vad.SpeechPaused | str
 EVENT_BUFFER = 512  # events kept for a reader that falls behind; newer ones are dropped beyond
+
+
+@dataclass(frozen=True)
+class EndOfTurn:
+    """When the user's turn ends, and what happens at their first short pause.
+
+    At ``pause_ms`` of silence the agent starts answering the utterance so far with the output
+    held (``BargeInRules.think_ahead``), and asks the turn detector if it has one: "complete"
+    ends the turn at once. Otherwise the turn ends after ``vad.min_silence_ms`` of silence, or,
+    with a turn detector that said "not complete", after ``unsure_silence_ms``.
+    """
+
+    pause_ms: int = 200
+    unsure_silence_ms: int = 1000
+
+    def __post_init__(self) -> None:
+        for name in ("pause_ms", "unsure_silence_ms"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"EndOfTurn.{name} must be a positive integer (ms), got {value!r}")
+        if self.pause_ms >= self.unsure_silence_ms:
+            raise ValueError(
+                f"EndOfTurn.pause_ms ({self.pause_ms}) must be below unsure_silence_ms "
+                f"({self.unsure_silence_ms})"
+            )
 
 
 @dataclass
 class AgentOptions:
     """How the agent listens and yields the floor.
 
-    ``vad.min_silence_ms`` is the end-of-turn silence: lower is snappier but cuts users who pause
-    mid-sentence. ``echo``: switch it off with headphones or on phone lines.
+    ``vad.min_silence_ms`` is the end-of-turn silence without a turn detector: lower is snappier
+    but cuts users who pause mid-sentence. ``end_of_turn``: the first pause, where the answer
+    starts early and the turn detector is asked. ``echo``: switch it off with headphones or on
+    phone lines.
     """
 
     vad: vad.VadConfig = field(default_factory=lambda: vad.VadConfig(min_silence_ms=500))
+    end_of_turn: EndOfTurn = field(default_factory=EndOfTurn)
     barge_in: BargeInRules = field(default_factory=BargeInRules)
     echo: EchoConfig = field(default_factory=EchoConfig)
     min_transcript_chars: int = 2
@@ -85,6 +120,11 @@ class AgentOptions:
     max_tool_rounds: int = 4
     tool_filler: str = "One moment."  # said when tools take longer than tool_filler_delay
     tool_filler_delay: float = 0.7
+    #: Flush the answer's first clause to the TTS at once: a TTS that waits for its chunk
+    #: schedule (the ElevenLabs service) speaks it sooner; a barge-in then still pays for the
+    #: flushed clause. Our local server starts on the first clause by itself: the app turns
+    #: this off for it.
+    first_clause: bool = True
     #: Warm STT, LLM and TTS while the user is still silent (a first request to a freshly loaded
     #: engine is slow). It costs a few tokens and characters: on by default for local engines.
     warm_up: bool = False
@@ -93,7 +133,9 @@ class AgentOptions:
 class Agent:
     """A voice agent: its instructions and the STT, LLM and TTS it answers with.
 
-    An `Agent` is a template: each `conversation()` gets its own history and turn-taking."""
+    An `Agent` is a template: each `conversation()` gets its own history and turn-taking.
+    ``turn_detector``: an end-of-turn model asked when the user pauses (e.g.
+    `plugins.local.SmartTurn`); None ends turns on silence alone."""
 
     def __init__(
         self,
@@ -104,6 +146,7 @@ class Agent:
         instructions: str = "",
         tools: Sequence[Tool[..., Any]] = (),
         options: AgentOptions | None = None,
+        turn_detector: TurnDetector | None = None,
     ) -> None:
         self.stt = stt
         self.llm = llm
@@ -111,6 +154,7 @@ class Agent:
         self.instructions = instructions
         self.tools = tuple(tools)
         self.options = options or AgentOptions()
+        self.turn_detector = turn_detector
 
     @asynccontextmanager
     async def conversation(self, transport: Transport) -> AsyncIterator[Conversation]:
@@ -154,9 +198,15 @@ class Conversation:
         self.transport = transport
         self.output = transport.output
         options = agent.options
-        config = options.vad
-        if config.sample_rate != transport.sample_rate:  # the mic runs at the transport's rate
-            config = dataclasses.replace(config, sample_rate=transport.sample_rate)
+        config = dataclasses.replace(
+            options.vad,
+            sample_rate=transport.sample_rate,  # the mic runs at the transport's rate
+            pause_ms=_pause_ms(agent),
+        )
+        if agent.turn_detector is not None:
+            config = dataclasses.replace(
+                config, min_silence_ms=options.end_of_turn.unsure_silence_ms
+            )
         self.detector = vad.SpeechDetector(config)
         self.guard = EchoGuard(options.echo)
         self.floor: TurnTaking[Utterance] = TurnTaking(options.barge_in)
@@ -173,6 +223,7 @@ class Conversation:
             max_tool_rounds=options.max_tool_rounds,
             tool_filler=options.tool_filler,
             tool_filler_delay=options.tool_filler_delay,
+            first_clause=options.first_clause,
         )
         self._end_requested = False
         self._digits: list[str] = []
@@ -181,12 +232,16 @@ class Conversation:
         self.device_error: AudioDeviceError | None = None
         self.vad_seconds = 0.0  # CPU time in echo guard + VAD, for the benchmark
         self.events_dropped = 0
+        self.withdrawn = 0  # tentative turns withdrawn because the user went on
         self._events_in, self._events_out = anyio.create_memory_object_stream[Event](EVENT_BUFFER)
         self._turns_in: MemoryObjectSendStream[tuple[TurnRecord, Utterance]]
         self._turns_out: MemoryObjectReceiveStream[tuple[TurnRecord, Utterance]]
         self._turns_in, self._turns_out = anyio.create_memory_object_stream(2)
         self._listening = anyio.CancelScope()
         self._running: tuple[TurnRecord, anyio.CancelScope] | None = None
+        self._tentative: _Tentative | None = None  # the turn started at a pause, uncommitted
+        self._pauses = 0  # SpeechPaused so far: a turn detector's late verdict is ignored
+        self._tasks: anyio.abc.TaskGroup | None = None
         self._silent_at: float | None = None
         self._state = self.floor.state
 
@@ -221,7 +276,7 @@ class Conversation:
     def say(self, text: str) -> None:
         """Have the agent say ``text`` as a turn of its own (a greeting), now or, if a turn
         holds the floor, after it. The user can interrupt it like any answer."""
-        self._feed(SpeechEnded(text), self.transport.now())
+        self._feed(Say(text), self.transport.now())
 
     def end_after_turn(self) -> None:
         """Hang up once the running turn has been spoken (the `end_call` tool)."""
@@ -248,6 +303,7 @@ class Conversation:
     # -- the loop ---------------------------------------------------------------------------------
 
     def _start(self, tg: anyio.abc.TaskGroup) -> None:
+        self._tasks = tg
         tg.start_soon(self._listen)
         tg.start_soon(self._run_turns)
         if self.agent.options.warm_up:
@@ -301,15 +357,46 @@ class Conversation:
         events = self.detector.feed(AudioFrame(pcm, frame.sample_rate))
         self.vad_seconds += time.perf_counter() - started
         for event in events:
-            if isinstance(event, vad.VoiceOnset):
-                self._feed(VoiceOnset(), event.t)
-            elif isinstance(event, vad.VoiceLost):
-                self._feed(VoiceLost(), event.t)
-            elif isinstance(event, vad.SpeechStarted):
-                self._feed(SpeechConfirmed(onset=event.t_onset), event.t_confirmed)
-            elif isinstance(event, vad.SpeechEnded):
-                self.log.segments.append(Segment("user", event.t_onset, event.t_end))
-                self._feed(SpeechEnded(event), event.t_confirmed)
+            self._heard(event)
+
+    def _heard(self, event: vad.VadEvent) -> None:
+        """One VAD event into the state machine (and the turn detector, at a pause)."""
+        if isinstance(event, vad.VoiceOnset):
+            self._feed(VoiceOnset(), event.t)
+        elif isinstance(event, vad.VoiceLost):
+            self._feed(VoiceLost(), event.t)
+        elif isinstance(event, vad.SpeechStarted):
+            self._feed(SpeechConfirmed(onset=event.t_onset), event.t_confirmed)
+        elif isinstance(event, vad.SpeechPaused):
+            self._pauses += 1
+            self._feed(UserPaused(event), event.t)
+            detector = self.agent.turn_detector
+            if detector is not None and self._tasks is not None:
+                self._tasks.start_soon(self._ask_detector, detector, event, self._pauses)
+        elif isinstance(event, vad.SpeechResumed):
+            self._feed(UserResumed(), event.t)
+        elif isinstance(event, vad.SpeechEnded):
+            self.log.segments.append(Segment("user", event.t_onset, event.t_end))
+            self._feed(SpeechEnded(event), event.t_confirmed)
+
+    async def _ask_detector(
+        self, detector: TurnDetector, pause: vad.SpeechPaused, serial: int
+    ) -> None:
+        """Ask the turn detector about the utterance so far; "complete" ends the turn now, if
+        the user is still silent in the same pause. A failure is logged and counts as unsure
+        (the longer silence ends the turn). Cancelling abandons the verdict."""
+        try:
+            guess = await detector.predict(pause.audio.pcm, pause.audio.sample_rate)
+        except Exception as err:  # a detector is an optimisation: never a failed turn
+            log.warning("turn detector failed, waiting for the longer silence: %s", err)
+            return
+        tentative = self._tentative
+        if tentative is not None and tentative.serial == serial:
+            tentative.guess = guess
+        if serial != self._pauses or not guess.complete:
+            return  # the user went on, or the model is unsure: the longer silence decides
+        for event in self.detector.end_now():
+            self._heard(event)
 
     def _feed(self, event: TurnTakingEvent[Utterance], now: float) -> None:
         for action in self.floor.feed(event, now):
@@ -330,11 +417,16 @@ class Conversation:
             self._cancel(action)
         elif isinstance(action, StartTurn):
             self._queue_turn(action)
+        elif isinstance(action, CommitTurn):
+            self._commit(action)
 
     def _cancel(self, action: CancelTurn) -> None:
         if self._running is None or self._running[0].index != action.turn:
             return
         record, scope = self._running
+        if action.reason == "resumed":  # a tentative turn withdrawn: nothing was heard
+            scope.cancel()
+            return
         record.interrupted = True
         if action.reason == "barge-in":
             assert action.onset is not None and action.decided is not None
@@ -352,12 +444,37 @@ class Conversation:
     def _queue_turn(self, action: StartTurn[Utterance]) -> None:
         utterance = action.utterance
         record = TurnRecord(action.turn)
-        if not isinstance(utterance, str):
-            record.timeline.mark("user_speech_start", utterance.t_onset)
-            record.timeline.mark("user_speech_end", utterance.t_end)
-            record.timeline.mark("end_of_turn", utterance.t_confirmed)
-        self.log.turns.append(record)
+        timeline = record.timeline
+        if isinstance(utterance, vad.SpeechPaused):
+            timeline.mark("user_speech_start", utterance.t_onset)
+            timeline.mark("user_speech_end", utterance.t_end)
+            timeline.mark("user_paused", utterance.t)
+            self._tentative = _Tentative(record, len(self.session.history), self._pauses)
+        elif isinstance(utterance, vad.SpeechEnded):
+            timeline.mark("user_speech_start", utterance.t_onset)
+            timeline.mark("user_speech_end", utterance.t_end)
+            timeline.mark("end_of_turn", utterance.t_confirmed)
+        if not action.tentative:
+            self.log.turns.append(record)
         self._turns_in.send_nowait((record, utterance))
+
+    def _commit(self, action: CommitTurn[Utterance]) -> None:
+        """The user's turn ended as the tentative turn assumed: it becomes the turn."""
+        tentative, self._tentative = self._tentative, None
+        if tentative is None or tentative.record.index != action.turn:
+            return
+        record, utterance = tentative.record, action.utterance
+        assert isinstance(utterance, vad.SpeechEnded)
+        record.timeline.mark("user_speech_end", utterance.t_end)
+        record.timeline.mark("end_of_turn", utterance.t_confirmed)
+        if tentative.guess is not None:
+            _note_guess(record, tentative.guess)
+        self.log.turns.append(record)
+        if record.transcript:
+            self._set_user_text(record)
+        tentative.committed.set()
+        for event in tentative.events:
+            self._emit(event)
 
     async def _run_turns(self) -> None:
         """One turn at a time, in order, until the conversation ends."""
@@ -370,23 +487,45 @@ class Conversation:
             self._events_in.close()
 
     async def _run_turn(self, record: TurnRecord, utterance: Utterance) -> None:
-        """STT, then the answer, under one cancel scope (barge-in and hang-up cancel it)."""
+        """STT, then the answer, under one cancel scope (barge-in and hang-up cancel it).
+
+        A tentative turn (started at a pause) that ends uncommitted (withdrawn because the
+        user went on, or ended by itself) leaves no trace: its history, record and events are
+        dropped."""
         scope = anyio.CancelScope()
         self._running = (record, scope)
+        tentative = self._tentative
+        if tentative is not None and tentative.record is not record:
+            tentative = None
         if self.floor.turn != record.index:  # hung up before it started
             record.error = "conversation ended"
             scope.cancel()
+        elif self.floor.floor in (Floor.INTERRUPTED, Floor.WITHDRAWING):
+            record.interrupted = self.floor.floor is Floor.INTERRUPTED  # cancelled before it ran
+            scope.cancel()
         try:
             with scope:
-                await self._answer(record, utterance)
+                await self._answer(record, utterance, tentative)
         finally:
             self._running = None
-            self._settle(record)
+            if tentative is not None and not tentative.committed.is_set():
+                self._withdraw(tentative)
+            else:
+                self._settle(record)
             self._feed(TurnEnded(record.index), self.transport.now())
             if self._end_requested:
                 self.hang_up()
 
-    async def _answer(self, record: TurnRecord, utterance: Utterance) -> None:
+    def _withdraw(self, tentative: _Tentative) -> None:
+        """Forget an uncommitted turn: the history back to before it, its events dropped."""
+        if self._tentative is tentative:
+            self._tentative = None
+        del self.session.history[tentative.history_length :]
+        self.withdrawn += 1
+
+    async def _answer(
+        self, record: TurnRecord, utterance: Utterance, tentative: _Tentative | None
+    ) -> None:
         turn = record.index
 
         def audio_started() -> None:
@@ -407,12 +546,18 @@ class Conversation:
         record.transcript = transcript.text.strip()
         record.timeline.mark("transcript", now)
         record.timeline.durations_ms["stt_compute"] = round(transcript.compute_seconds * 1000, 2)
-        self._user_segment(record).text = record.transcript
+        if tentative is None or tentative.committed.is_set():
+            self._set_user_text(record)
         self._emit(UserSaid(record.index, record.transcript, now))
         if len(record.transcript) < self.agent.options.min_transcript_chars:
             record.error = "nothing understood"
             return
-        await self.session.respond(record.transcript, record, on_audio=audio_started)
+        await self.session.respond(
+            record.transcript,
+            record,
+            on_audio=audio_started,
+            go_ahead=None if tentative is None else tentative.committed,
+        )
         if isinstance(record.cause, AudioDeviceError):  # the speaker was lost mid-answer
             self._device_lost(record.cause)
 
@@ -442,11 +587,13 @@ class Conversation:
             )
         self._emit(TurnFinished(record, now))
 
-    def _user_segment(self, record: TurnRecord) -> Segment:
+    def _set_user_text(self, record: TurnRecord) -> None:
+        """The transcript on the user's segment of the recording."""
         start = record.timeline.at("user_speech_start")
         for seg in reversed(self.log.segments):
             if seg.who == "user" and seg.start == start:
-                return seg
+                seg.text = record.transcript
+                return
         raise LookupError("user segment missing")
 
     def _device_lost(self, error: AudioDeviceError) -> None:
@@ -466,9 +613,43 @@ class Conversation:
                 return
 
     def _emit(self, event: Event) -> None:
+        tentative = self._tentative
+        if tentative is not None and getattr(event, "turn", None) == tentative.record.index:
+            tentative.events.append(event)  # told when the turn commits, dropped if withdrawn
+            return
         try:
             self._events_in.send_nowait(event)
         except anyio.WouldBlock:
             self.events_dropped += 1
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             pass
+
+
+@dataclass
+class _Tentative:
+    """A turn started when the user paused, until the turn really ends (commit) or the user
+    goes on (withdrawn)."""
+
+    record: TurnRecord
+    history_length: int  # the session's history before it: cut back to this if withdrawn
+    serial: int  # which pause started it
+    committed: anyio.Event = field(default_factory=anyio.Event)
+    events: list[Event] = field(default_factory=list)  # held until the commit
+    guess: TurnGuess | None = None
+
+
+def _pause_ms(agent: Agent) -> int | None:
+    """The VAD's pause announcement: needed to think ahead or to ask a turn detector."""
+    options = agent.options
+    if not (options.barge_in.think_ahead or agent.turn_detector is not None):
+        return None
+    final = options.vad.min_silence_ms
+    if agent.turn_detector is not None:
+        final = options.end_of_turn.unsure_silence_ms
+    return options.end_of_turn.pause_ms if options.end_of_turn.pause_ms < final else None
+
+
+def _note_guess(record: TurnRecord, guess: TurnGuess) -> None:
+    durations = record.timeline.durations_ms
+    durations["turn_detector"] = round(guess.compute_seconds * 1000, 2)
+    durations["turn_probability"] = round(guess.probability, 3)

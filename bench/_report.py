@@ -6,6 +6,7 @@ import json
 import platform
 import statistics
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,17 @@ def print_table(title: str, rows: list[tuple[str, str, str, str]]) -> None:
     print("-" * len(line))
     for row in rows:
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)))
+
+
+def print_grid(title: str, head: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """A table of any number of columns: one row per thing measured, one column per figure."""
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    print(f"\n{title}")
+    line = "  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True))
+    print(line)
+    print("-" * len(line))
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
 
 
 def verdict(value: float, target: float) -> str:

@@ -14,3 +14,5 @@ python -m bench.tool_round
 python -m bench.web_latency
 python -m bench.phone_calls
 python -m bench.phone_calls --mode fake --calls 10 25 50 100 150
+# Creates its own Pipecat venv under bench/work/ on the first run (pip, a few minutes, once).
+python -m bench.vs_pipecat --turns 12

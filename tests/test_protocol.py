@@ -400,6 +400,38 @@ def test_nothing_is_synthesized_below_the_first_threshold() -> None:
     assert synthesized(send(server, {"text": "", "flush": True})) == ["more"]
 
 
+def test_first_clause_is_released_at_once_then_the_schedule_runs_from_its_start() -> None:
+    server = make_server(first_clause=True, max_piece_chars=500)
+    send(server, {"text": " "})
+    assert synthesized(send(server, {"text": "Sure, "})) == []  # one word is not a clause
+    assert synthesized(send(server, {"text": "the sky "})) == []
+    assert synthesized(send(server, {"text": "is blue. It "})) == ["Sure, the sky is blue. "]
+    released = []
+    for _ in range(14):  # 10 characters a message: 120 more characters before the next chunk
+        released += synthesized(send(server, {"text": "wordwordw "}))
+    assert [len(text) for text in released] == [123]  # "It " + 120: the schedule from its start
+
+
+def test_first_clause_skips_abbreviations_and_is_dropped_by_close_context() -> None:
+    server = make_server(multi=True, first_clause=True)
+    send(server, {"text": " ", "context_id": "a"})
+    assert synthesized(send(server, {"text": "Well, you see Dr. ", "context_id": "a"})) == []
+    events = send(server, {"text": "Smith at 3. Then ", "context_id": "a"})
+    assert synthesized(events) == []  # "Well," is one word; "Dr." and "3." end nothing
+    events = send(server, {"text": "it rains. More ", "context_id": "a"})
+    assert synthesized(events) == ["Well, you see Dr. Smith at 3. Then it rains. "]
+    send(server, {"text": " ", "context_id": "b"})
+    assert synthesized(send(server, {"text": "I would like ", "context_id": "b"})) == []
+    events = send(server, {"context_id": "b", "close_context": True})
+    assert synthesized(events) == []  # not flushed, never released: dropped with the context
+
+
+def test_without_first_clause_a_short_clause_waits_for_the_schedule() -> None:
+    server = make_server()
+    send(server, {"text": " "})
+    assert synthesized(send(server, {"text": "Sure, the sky is blue. It "})) == []
+
+
 def test_sdk_style_schedule_50_and_try_trigger_every_word() -> None:
     server = make_server()
     send(

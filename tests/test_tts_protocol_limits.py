@@ -242,3 +242,17 @@ def test_client_audio_timeout_is_a_protocol_timer() -> None:
     assert client.next_deadline() == 40.0
     client.receive(json.dumps({"isFinal": True, "contextId": "c"}), 31.0)
     assert client.next_deadline() is None
+
+
+def test_text_after_a_mid_turn_flush_waits_for_the_next_flush() -> None:
+    """The first clause is flushed early; the LLM may then take long for the rest: no audio is
+    owed until the next flush, which starts the wait again."""
+    client = ClientProtocol(audio_timeout=10.0, now=0.0)
+    client.open_context("c", 0.0)
+    client.flush("c", 1.0, "Sure, ")
+    client.receive(json.dumps({"audio": "AAA=", "contextId": "c"}), 1.5)
+    client.send_text("c", "the sky is ", 2.0)
+    assert client.next_deadline() is None and client.tick(30.0) == []
+    client.flush("c", 40.0)
+    assert client.next_deadline() == 50.0
+    assert client.tick(50.0) == [AudioTimedOut("c", 10.0)]

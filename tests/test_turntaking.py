@@ -11,6 +11,7 @@ from agent.turntaking import (
     BargeInRules,
     CancelTurn,
     ClearOutput,
+    CommitTurn,
     Floor,
     HangUp,
     PauseOutput,
@@ -22,6 +23,8 @@ from agent.turntaking import (
     TurnEnded,
     TurnTaking,
     TurnTakingEvent,
+    UserPaused,
+    UserResumed,
     VoiceLost,
     VoiceOnset,
 )
@@ -260,6 +263,133 @@ def test_hang_up_cancels_what_runs_and_ends_the_conversation(
 def test_every_row_leads_to_a_real_floor_and_the_table_is_small() -> None:
     """The table is the whole rule set: each row names a floor and known steps."""
     machine: TurnTaking[str] = TurnTaking()
-    assert 15 <= len(machine.table) <= 30
+    assert 15 <= len(machine.table) <= 40
     for (floor, _event), (nxt, _steps) in machine.table.items():
         assert floor is not Floor.ENDED and isinstance(nxt, Floor)
+
+
+# -- thinking ahead: a tentative turn at the user's first pause ------------------------------
+
+
+def test_a_pause_starts_a_tentative_turn_that_the_end_of_turn_commits() -> None:
+    machine = run(
+        [
+            (VoiceOnset(), [], "listening"),
+            (SpeechConfirmed(onset=0.0), [], "user speaking"),
+            (
+                UserPaused("what time"),
+                [PauseOutput(), StartTurn(1, "what time", True)],
+                "user speaking",
+            ),
+            (TurnAudioStarted(1), [], "user speaking"),  # ready, held: nothing audible yet
+            (SpeechEnded("what time"), [CommitTurn(1, "what time"), ResumeOutput()], "speaking"),
+            (TurnEnded(1), [], "listening"),
+        ]
+    )
+    assert machine.turns_started == 1 and not machine.tentative
+
+
+def test_a_commit_before_any_audio_is_thinking() -> None:
+    run(
+        [
+            (SpeechConfirmed(onset=0.0), [], "user speaking"),
+            (UserPaused("q"), [PauseOutput(), StartTurn(1, "q", True)], "user speaking"),
+            (SpeechEnded("q"), [CommitTurn(1, "q"), ResumeOutput()], "thinking"),
+            (TurnAudioStarted(1), [], "speaking"),
+        ]
+    )
+
+
+def test_the_user_going_on_withdraws_it_and_its_number_is_reused() -> None:
+    machine = run(
+        [
+            (SpeechConfirmed(onset=0.0), [], "user speaking"),
+            (
+                UserPaused("I'd like"),
+                [PauseOutput(), StartTurn(1, "I'd like", True)],
+                "user speaking",
+            ),
+            (TurnAudioStarted(1), [], "user speaking"),
+            (UserResumed(), [ClearOutput(), CancelTurn(1, "resumed")], "user speaking"),
+            (UserPaused("ignored while it cleans up"), [], "user speaking"),
+            (TurnEnded(1), [ClearOutput(), ResumeOutput()], "user speaking"),
+            (
+                UserPaused("I'd like a table"),
+                [PauseOutput(), StartTurn(1, "I'd like a table", True)],
+                "user speaking",
+            ),
+            (
+                SpeechEnded("I'd like a table"),
+                [CommitTurn(1, "I'd like a table"), ResumeOutput()],
+                "thinking",
+            ),
+        ]
+    )
+    assert machine.turns_started == 1 and machine.barge_ins == 0
+
+
+def test_the_turn_ending_while_the_withdrawn_one_cleans_up_is_queued() -> None:
+    run(
+        [
+            (SpeechConfirmed(onset=0.0), [], "user speaking"),
+            (UserPaused("a"), [PauseOutput(), StartTurn(1, "a", True)], "user speaking"),
+            (UserResumed(), [ClearOutput(), CancelTurn(1, "resumed")], "user speaking"),
+            (SpeechEnded("a b"), [], "listening"),
+            (TurnEnded(1), [ClearOutput(), ResumeOutput(), StartTurn(1, "a b")], "thinking"),
+        ]
+    )
+
+
+def test_a_tentative_turn_that_ends_by_itself_leaves_the_utterance_to_a_fresh_turn() -> None:
+    run(
+        [
+            (SpeechConfirmed(onset=0.0), [], "user speaking"),
+            (UserPaused("hm"), [PauseOutput(), StartTurn(1, "hm", True)], "user speaking"),
+            (TurnEnded(1), [ClearOutput(), ResumeOutput()], "user speaking"),
+            (SpeechEnded("hm"), [StartTurn(1, "hm")], "thinking"),
+        ]
+    )
+
+
+def test_stale_events_of_a_withdrawn_turn_change_nothing() -> None:
+    run(
+        [
+            (UserPaused("a"), [PauseOutput(), StartTurn(1, "a", True)], "listening"),
+            (UserResumed(), [ClearOutput(), CancelTurn(1, "resumed")], "listening"),
+            (TurnEnded(1), [ClearOutput(), ResumeOutput()], "listening"),
+            (TurnAudioStarted(1), [], "listening"),
+            (TurnEnded(1), [], "listening"),
+            (UserResumed(), [], "listening"),
+        ]
+    )
+
+
+def test_hanging_up_cancels_a_tentative_turn_and_clears_the_held_output() -> None:
+    run(
+        [
+            (UserPaused("a"), [PauseOutput(), StartTurn(1, "a", True)], "listening"),
+            (HangUp(), [CancelTurn(1, "hang-up"), ClearOutput()], "ended"),
+        ]
+    )
+
+
+def test_a_pause_while_the_agent_holds_the_floor_prepares_nothing() -> None:
+    run(
+        [
+            (SpeechEnded("q"), [StartTurn(1, "q")], "thinking"),
+            (UserPaused("r"), [], "thinking"),
+            (UserResumed(), [], "thinking"),
+        ],
+        BargeInRules(enabled=False),
+    )
+
+
+def test_without_think_ahead_a_pause_is_ignored() -> None:
+    run(
+        [
+            (SpeechConfirmed(onset=0.0), [], "user speaking"),
+            (UserPaused("q"), [], "user speaking"),
+            (SpeechEnded("q"), [StartTurn(1, "q")], "thinking"),
+        ],
+        BargeInRules(think_ahead=False),
+    )

@@ -13,6 +13,8 @@ from agent.audio import AudioFrame, resample
 from agent.vad import (
     SpeechDetector,
     SpeechEnded,
+    SpeechPaused,
+    SpeechResumed,
     SpeechStarted,
     VadConfig,
     VadEvent,
@@ -141,6 +143,8 @@ def of_type(events: list[VadEvent], kind: type) -> list[VadEvent]:
         ({"min_silence_ms": -5}, "min_silence_ms"),
         ({"pre_roll_ms": -1}, "pre_roll_ms"),
         ({"max_utterance_s": 0}, "max_utterance_s"),
+        ({"pause_ms": 0}, "pause_ms"),
+        ({"pause_ms": 500, "min_silence_ms": 500}, "below min_silence_ms"),
     ],
 )
 def test_invalid_config_is_rejected_with_the_allowed_values(
@@ -250,6 +254,44 @@ def test_a_pause_shorter_than_min_silence_does_not_end_the_turn() -> None:
     starts = of_type(events, SpeechStarted)
     assert len(starts) == 2 and len(ends) == 2  # 0.25 s pause bridged, 1.2 s pause not
     assert isinstance(ends[0], SpeechEnded) and abs(ends[0].t_end - 1.95) <= TOLERANCE
+
+
+def test_a_pause_is_announced_once_and_the_voice_coming_back_resumes_it() -> None:
+    samples = np.concatenate([silence(0.5), voiced(0.6), silence(0.35), voiced(0.6), silence(1.0)])
+    events, _ = run(samples, VadConfig(min_silence_ms=500, pause_ms=200))
+    kinds = [type(e) for e in events if not isinstance(e, VoiceOnset)]
+    assert kinds == [SpeechStarted, SpeechPaused, SpeechResumed, SpeechPaused, SpeechEnded]
+    first, second = of_type(events, SpeechPaused)
+    assert isinstance(first, SpeechPaused) and isinstance(second, SpeechPaused)
+    assert first.t - first.t_end == pytest.approx(0.2, abs=0.021)
+    assert abs(first.t_end - 1.1) <= TOLERANCE and abs(second.t_end - 2.05) <= TOLERANCE
+    ended = of_type(events, SpeechEnded)[0]
+    assert isinstance(ended, SpeechEnded)
+    # The audio of the pause is the utterance so far, as the turn's would be if it ended then.
+    assert ended.audio.pcm.startswith(second.audio.pcm[: len(second.audio.pcm) - 6400])
+    assert second.audio_start == ended.audio_start and second.t_onset == ended.t_onset
+
+
+def test_end_now_ends_a_paused_utterance_at_once() -> None:
+    detector = SpeechDetector(VadConfig(min_silence_ms=1000, pause_ms=200))
+    assert detector.end_now() == []  # nothing to end
+    events: list[VadEvent] = []
+    for piece in chunks(
+        np.concatenate([silence(0.3), voiced(0.6), silence(0.3)]), iter([320] * 999)
+    ):
+        events += detector.feed(AudioFrame(piece.tobytes(), RATE))
+    paused = of_type(events, SpeechPaused)[0]
+    assert isinstance(paused, SpeechPaused) and detector.is_paused
+    (ended,) = detector.end_now()
+    assert isinstance(ended, SpeechEnded) and ended.t_end == paused.t_end
+    assert ended.t_confirmed == pytest.approx(1.2, abs=0.021)
+    assert not detector.is_paused and detector.state == "silent" and detector.end_now() == []
+
+
+def test_without_pause_ms_no_pause_is_announced() -> None:
+    samples = np.concatenate([silence(0.5), voiced(0.6), silence(0.35), voiced(0.6), silence(1.0)])
+    events, _ = run(samples)
+    assert not of_type(events, SpeechPaused) and not of_type(events, SpeechResumed)
 
 
 def test_real_sentences_separated_by_a_long_pause_are_two_turns() -> None:

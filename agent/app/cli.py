@@ -152,6 +152,7 @@ def cmd_tts_server(args: argparse.Namespace) -> int:
             allow_public_without_key=args.allow_public_without_key,
             max_connections=args.max_connections,
             max_connections_per_address=args.max_connections_per_address,
+            first_clause=not args.exact_schedule,
         ) as server:
             voices = ", ".join(server.engine.voices())
             key_note = " (clients must send its API key)" if api_key else ""
@@ -264,6 +265,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=16,
         help="sockets served at once per client address (default: %(default)s)",
+    )
+    p.add_argument(
+        "--exact-schedule",
+        action="store_true",
+        help="follow chunk_length_schedule exactly, as the ElevenLabs service does (by "
+        "default each context's first complete clause is spoken at once)",
     )
     p.set_defaults(handler=cmd_tts_server)
 

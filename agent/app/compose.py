@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.errors import VoxloopError
-from agent.interfaces import STT
+from agent.interfaces import STT, TurnDetector
 from agent.tools import Tool
 
 if TYPE_CHECKING:
@@ -58,6 +58,7 @@ class AgentSettings:
     sentence_mode: bool = False
     sample_rate: int = 16000
     tools_file: str | None = None
+    end_of_turn: str = "smart"  # or "silence"
 
 
 def stderr_progress(prefix: str = "voxloop") -> Progress:
@@ -164,6 +165,30 @@ async def llm_endpoint(
         progress("no OPENAI_API_KEY: starting the local LLM server (SmolLM2-135M, llama.cpp)")
     async with LocalLLMServer(progress=progress) as server:
         yield LLMEndpoint(server.base_url, None, local=True, server=server)
+
+
+async def load_turn_detector(mode: str, *, progress: Progress | None = None) -> TurnDetector | None:
+    """The end-of-turn model for ``mode`` "smart" (Smart Turn v3, loaded here, once), or None
+    for "silence" (turns end on silence alone). If the model is not installed, says so and
+    falls back to silence: a conversation never fails for want of it."""
+    if mode == "silence":
+        return None
+    if mode != "smart":
+        raise ValueError(f"end of turn must be 'smart' or 'silence', got {mode!r}")
+    import anyio
+
+    try:
+        from plugins.local.smart_turn import SmartTurn
+
+        detector = SmartTurn()
+        if progress:
+            progress("end of turn: loading Smart Turn v3 (the end-of-turn model)")
+        await anyio.to_thread.run_sync(detector.load)
+    except (ImportError, RuntimeError) as err:
+        if progress:
+            progress(f"end of turn: {err}; ending turns on silence instead")
+        return None
+    return detector
 
 
 async def load_stt(url: str | None = None, *, progress: Progress | None = None) -> STT:

@@ -25,6 +25,7 @@ from agent.app.compose import (
     llm_endpoint,
     load_stt,
     load_tools,
+    load_turn_detector,
     make_llm,
     make_tts,
     stderr_progress,
@@ -151,6 +152,7 @@ async def run_demo(
         lambda: synthesize_user_lines([line.text for line in lines], engine, sample_rate=RATE)
     )
     stt = await load_stt(stt_url, progress=progress)
+    detector = await load_turn_detector(settings.end_of_turn, progress=progress)
     transport = VirtualTransport(
         RATE, block_ms=20, realtime=True, echo_gain=echo_gain, max_output_seconds=2.0
     )
@@ -172,7 +174,9 @@ async def run_demo(
                     vad=VadConfig(min_silence_ms=500),
                     sentence_mode=settings.sentence_mode,
                     warm_up=llm_ep.local and tts_ep.local,
+                    first_clause=not tts_ep.local,  # the local server starts on it itself
                 ),
+                turn_detector=detector,
             )
             say("conversation starts (real time)")
             async with transport.running(), agent.conversation(transport) as conversation:
@@ -228,6 +232,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         instructions=DEMO_PROMPT,
         max_tokens=90,
         tools_file=args.tools,
+        end_of_turn=args.end_of_turn,
     )
     result = anyio.run(
         lambda: run_demo(out_dir, settings=settings, progress=progress, echo_gain=args.echo)
@@ -261,6 +266,13 @@ def register(sub: Any) -> None:
     p.add_argument("--tts-url", help="use this ElevenLabs-protocol server instead of the local one")
     p.add_argument(
         "--tools", metavar="FILE", help="a Python file whose @tool functions the agent may call"
+    )
+    p.add_argument(
+        "--end-of-turn",
+        choices=("smart", "silence"),
+        default="smart",
+        help="smart: an end-of-turn model at the user's first pause; silence: 500 ms of "
+        "silence (default: %(default)s)",
     )
     p.add_argument(
         "--echo",

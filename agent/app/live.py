@@ -19,6 +19,7 @@ from agent.app.compose import (
     llm_endpoint,
     load_stt,
     load_tools,
+    load_turn_detector,
     make_llm,
     make_tts,
     stderr_progress,
@@ -31,7 +32,7 @@ from agent.events import StateChanged, TurnFinished
 from agent.timeline import format_ms
 from agent.turntaking import BargeInRules
 from agent.vad import VadConfig
-from agent.voice_agent import Agent, AgentOptions
+from agent.voice_agent import Agent, AgentOptions, EndOfTurn
 
 RATE = 16000
 
@@ -53,9 +54,15 @@ def turn_line(record: TurnRecord) -> str:
 
 def options_from(args: argparse.Namespace) -> AgentOptions:
     """The listening and barge-in options of `run` (and the commands that share them)."""
+    for name in ("end_of_turn_ms", "pause_ms", "unsure_ms"):
+        if getattr(args, name) <= 0:
+            raise SystemExit(f"--{name.replace('_', '-')} must be a positive number of ms")
+    if args.pause_ms >= args.unsure_ms:
+        raise SystemExit("--pause-ms must be shorter than --unsure-ms")
     return AgentOptions(
         vad=VadConfig(min_silence_ms=args.end_of_turn_ms, aggressiveness=args.vad_aggressiveness),
-        barge_in=BargeInRules(enabled=not args.no_barge_in),
+        end_of_turn=EndOfTurn(pause_ms=args.pause_ms, unsure_silence_ms=args.unsure_ms),
+        barge_in=BargeInRules(enabled=not args.no_barge_in, think_ahead=not args.no_think_ahead),
         echo=EchoConfig(enabled=not args.no_echo_guard),
         sentence_mode=args.sentence_mode,
     )
@@ -84,6 +91,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
         async with transport.running():  # devices first: a missing one fails in a second
             stt = await load_stt(args.stt_url, progress=progress)
+            detector = await load_turn_detector(args.end_of_turn, progress=progress)
             async with (
                 llm_endpoint(settings.llm_url, progress=progress) as llm_ep,
                 tts_endpoint(settings.tts_url, progress=progress) as tts_ep,
@@ -93,6 +101,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 tools_notice(llm, tools, progress)
                 options = options_from(args)
                 options.warm_up = llm_ep.local and tts_ep.local  # local engines: warm them
+                options.first_clause = not tts_ep.local  # the local server starts on it itself
                 agent = Agent(
                     stt=stt,
                     llm=llm,
@@ -100,6 +109,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                     instructions=settings.instructions,
                     tools=tools,
                     options=options,
+                    turn_detector=detector,
                 )
                 print("Speak now (Ctrl-C to stop).", flush=True)
                 async with agent.conversation(transport) as conversation:
@@ -125,11 +135,38 @@ def add_listening_options(p: argparse.ArgumentParser) -> None:
         "OpenAI service with OPENAI_API_KEY, else the local whisper tiny.en)",
     )
     p.add_argument(
+        "--end-of-turn",
+        choices=("smart", "silence"),
+        default="smart",
+        help="how the agent knows you are done: 'smart' asks an end-of-turn model (Smart Turn "
+        "v3, local) at your first short pause and answers at once if you sound finished; "
+        "'silence' waits for --end-of-turn-ms of silence (default: %(default)s)",
+    )
+    p.add_argument(
         "--end-of-turn-ms",
         type=int,
         default=500,
-        help="silence that ends your turn; lower is snappier, higher lets you pause "
-        "mid-sentence (default: %(default)s)",
+        help="with --end-of-turn silence: the silence that ends your turn; lower is snappier, "
+        "higher lets you pause mid-sentence (default: %(default)s)",
+    )
+    p.add_argument(
+        "--pause-ms",
+        type=int,
+        default=200,
+        help="the short pause where the agent starts answering (held until your turn ends) "
+        "and asks the end-of-turn model (default: %(default)s)",
+    )
+    p.add_argument(
+        "--unsure-ms",
+        type=int,
+        default=1000,
+        help="with --end-of-turn smart: the silence that ends your turn when the model "
+        "thought you were not done (default: %(default)s)",
+    )
+    p.add_argument(
+        "--no-think-ahead",
+        action="store_true",
+        help="start answering only when your turn has ended (saves compute; slower answers)",
     )
     p.add_argument(
         "--vad-aggressiveness",

@@ -33,6 +33,7 @@ from agent.app.compose import (
     llm_endpoint,
     load_stt,
     load_tools,
+    load_turn_detector,
     make_llm,
     make_tts,
     stderr_progress,
@@ -44,7 +45,7 @@ from agent.audio import read_wav, resample, write_stereo_wav
 from agent.echo import EchoConfig
 from agent.errors import VoxloopError
 from agent.events import AgentSaid, Dtmf, ErrorEvent, Interrupted, UserSaid
-from agent.interfaces import LLM, STT
+from agent.interfaces import LLM, STT, TurnDetector
 from agent.tools import Tool
 from agent.voice_agent import Agent, AgentOptions, Conversation
 
@@ -70,6 +71,7 @@ class PhoneBot:
         llm: LLM,
         tts_endpoint: TTSEndpoint,
         tools: Sequence[Tool[..., Any]] = (),
+        turn_detector: TurnDetector | None = None,
         greeting: str | None = DEFAULT_GREETING,
         out_dir: Path | None = None,
         say: Callable[[str], None] = print,
@@ -80,6 +82,7 @@ class PhoneBot:
         self.llm = llm
         self.tts_endpoint = tts_endpoint
         self.tools = tuple(tools)
+        self.turn_detector = turn_detector
         self.greeting = greeting
         self.out_dir = out_dir
         self.say = say
@@ -108,6 +111,7 @@ class PhoneBot:
                 instructions=self.settings.instructions,
                 tools=self.tools,
                 options=self.options,
+                turn_detector=self.turn_detector,
             )
             line = _RecordedLine(call, caller)
             async with agent.conversation(line) as conversation, anyio.create_task_group() as tg:
@@ -201,19 +205,23 @@ def cmd_phone(args: argparse.Namespace) -> int:
 
     async def main() -> None:
         stt = await load_stt(args.stt_url, progress=progress)
+        detector = await load_turn_detector(args.end_of_turn, progress=progress)
         async with (
             llm_endpoint(settings.llm_url, progress=progress) as llm_ep,
             tts_endpoint(settings.tts_url, progress=progress, clients=config.max_calls) as tts_ep,
             make_llm(settings, llm_ep) as llm,
         ):
             tools_notice(llm, tools, progress)
+            options = phone_options(args)
+            options.first_clause = not tts_ep.local  # the local server starts on it itself
             bot = PhoneBot(
                 settings=settings,
-                options=phone_options(args),
+                options=options,
                 stt=stt,
                 llm=llm,
                 tts_endpoint=tts_ep,
                 tools=tools,
+                turn_detector=detector,
                 greeting=args.greeting or None,
                 out_dir=Path(args.out),
                 say=lambda line: print(line, flush=True),

@@ -29,6 +29,7 @@ from agent.app.compose import (
     llm_endpoint,
     load_stt,
     load_tools,
+    load_turn_detector,
     make_llm,
     make_tts,
     stderr_progress,
@@ -46,7 +47,7 @@ from agent.events import (
     TurnFinished,
     UserSaid,
 )
-from agent.interfaces import LLM, STT
+from agent.interfaces import LLM, STT, TurnDetector
 from agent.timeline import LATENCIES
 from agent.tools import Tool
 from agent.voice_agent import Agent, AgentOptions, Conversation
@@ -99,6 +100,7 @@ class WebBot:
         llm: LLM,
         tts_endpoint: TTSEndpoint,
         tools: Sequence[Tool[..., Any]] = (),
+        turn_detector: TurnDetector | None = None,
         greeting: str | None = None,
         say: Callable[[str], None] = print,
     ) -> None:
@@ -108,6 +110,7 @@ class WebBot:
         self.llm = llm
         self.tts_endpoint = tts_endpoint
         self.tools = tuple(tools)
+        self.turn_detector = turn_detector
         self.greeting = greeting
         self.say = say
         self.finished: list[Conversation] = []  # the conversations of closed tabs (tests read it)
@@ -127,6 +130,7 @@ class WebBot:
                 instructions=self.settings.instructions,
                 tools=self.tools,
                 options=self.options,
+                turn_detector=self.turn_detector,
             )
             async with agent.conversation(line) as conversation:
                 self.live.append(conversation)
@@ -176,6 +180,7 @@ def cmd_web(args: argparse.Namespace) -> int:
 
     async def main() -> None:
         stt = await load_stt(args.stt_url, progress=progress)
+        detector = await load_turn_detector(args.end_of_turn, progress=progress)
         async with (
             llm_endpoint(settings.llm_url, progress=progress) as llm_ep,
             tts_endpoint(settings.tts_url, progress=progress, clients=config.max_tabs) as tts_ep,
@@ -184,6 +189,7 @@ def cmd_web(args: argparse.Namespace) -> int:
             tools_notice(llm, tools, progress)
             options = options_from(args)
             options.warm_up = llm_ep.local and tts_ep.local  # local engines: warm them per tab
+            options.first_clause = not tts_ep.local  # the local server starts on it itself
             bot = WebBot(
                 settings=settings,
                 options=options,
@@ -191,6 +197,7 @@ def cmd_web(args: argparse.Namespace) -> int:
                 llm=llm,
                 tts_endpoint=tts_ep,
                 tools=tools,
+                turn_detector=detector,
                 greeting=args.greeting or None,
                 say=lambda line: print(line, flush=True),
             )
@@ -203,8 +210,11 @@ def cmd_web(args: argparse.Namespace) -> int:
                 )
             print(f"open {url}", flush=True)
             await serve(
-                WebApp(bot, config), host=args.host, port=args.port,
-                tls_cert=args.tls_cert, tls_key=args.tls_key,
+                WebApp(bot, config),
+                host=args.host,
+                port=args.port,
+                tls_cert=args.tls_cert,
+                tls_key=args.tls_key,
             )
 
     anyio.run(main)

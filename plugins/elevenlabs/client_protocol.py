@@ -126,7 +126,7 @@ class ClientContextState(enum.Enum):
 class _ClientContext:
     state: ClientContextState
     last_sent: float
-    finish_asked_at: float | None = None  # the first flush or close sent
+    finish_asked_at: float | None = None  # the first flush or close since the last text
     last_audio_at: float | None = None  # the last audio received (or delivered, see I/O)
     timed_out: bool = False
 
@@ -273,6 +273,8 @@ class ClientProtocol:
         self._send(msg, now, context_id)
         if flush:
             ctx.finish_asked_at = ctx.finish_asked_at or now
+        else:  # more text after a mid-turn flush: the wait counts again from the next flush
+            ctx.finish_asked_at = None
 
     def flush(self, context_id: str | None, now: float, text: str = "") -> None:
         """Ask the server to generate everything buffered now (the context stays open)."""

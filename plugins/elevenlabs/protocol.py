@@ -300,8 +300,10 @@ class ServerProtocol:
         *,
         max_pending_chars: int = MAX_PENDING_CHARS,
         max_piece_chars: int = MAX_PIECE_CHARS,
+        first_clause: bool = False,
     ) -> None:
         self.params = params
+        self.first_clause = first_clause  # see textbuffer: the first clause released at once
         self.header_api_key = header_api_key
         self.max_pending_chars = max_pending_chars
         self.max_piece_chars = max_piece_chars
@@ -494,7 +496,9 @@ class ServerProtocol:
         ctx = _ServerContext(
             context_id=cid,
             voice_settings=msg.voice_settings,
-            buffer=TextBuffer(config, auto_mode=self.params.auto_mode),
+            buffer=TextBuffer(
+                config, auto_mode=self.params.auto_mode, first_clause=self.first_clause
+            ),
             last_activity=now,
         )
         self._contexts[cid] = ctx

@@ -169,6 +169,7 @@ class _Connection:
             header_api_key=handshake_key,
             max_pending_chars=server.max_pending_chars,
             max_piece_chars=server.max_piece_chars,
+            first_clause=server.first_clause,
         )
         self.must_authenticate = server.requires_key and handshake_key is None
         self.send_lock = anyio.Lock()
@@ -458,6 +459,10 @@ class LocalTTSServer:
 
     Raises ValueError at construction when `host` is beyond loopback and no `api_key` is given,
     unless `allow_public_without_key` (anyone who can reach the port could then use it).
+
+    ``first_clause`` (default on): each context's first complete clause is spoken at once,
+    before the chunk schedule's first value is reached (see `textbuffer`); off, the server
+    follows the schedule exactly, as the ElevenLabs service does.
     """
 
     def __init__(
@@ -474,6 +479,7 @@ class LocalTTSServer:
         max_pending_chars: int = MAX_PENDING_CHARS,
         max_piece_chars: int = MAX_PIECE_CHARS,
         allow_public_without_key: bool = False,
+        first_clause: bool = True,
     ) -> None:
         if not api_key and not is_loopback(host) and not allow_public_without_key:
             raise ValueError(
@@ -482,6 +488,7 @@ class LocalTTSServer:
                 "pass --allow-public-without-key if you really mean it."
             )
         self.engine = engine
+        self.first_clause = first_clause
         self.host = host
         self.port = port
         self.strict_voices = strict_voices
@@ -681,6 +688,7 @@ async def running_server(
     allow_public_without_key: bool = False,
     max_connections: int = MAX_CONNECTIONS,
     max_connections_per_address: int = MAX_CONNECTIONS_PER_ADDRESS,
+    first_clause: bool = True,
 ) -> AsyncIterator[LocalTTSServer]:
     """Load the default local engine when none is given, then serve (loopback by default).
 
@@ -701,6 +709,7 @@ async def running_server(
         allow_public_without_key=allow_public_without_key,
         max_connections=max_connections,
         max_connections_per_address=max_connections_per_address,
+        first_clause=first_clause,
     ) as srv:
         yield srv
 

@@ -13,6 +13,13 @@ Pure string logic used by `ServerProtocol`:
   `schedule[1]` more are, ... the last value repeats. A chunk is cut after the last whitespace in
   the buffer (so a half-received word stays buffered); with no whitespace the whole buffer goes.
   A flush releases everything and restarts the schedule at its first value.
+- first_clause (a local-server extension, off unless the server asks for it): before the
+  schedule's first chunk is due, the context's first clause is released as soon as it is
+  complete: two words or more ending in sentence or clause punctuation followed by whitespace
+  ("The sky is blue. ", "Well, you see, "). It is an extra chunk: the schedule then starts at
+  its first value. The voice starts a clause after the first token instead of 50 characters,
+  and, being released rather than flushed, the clause is dropped by a close_context like any
+  scheduled chunk (barge-in costs nothing).
 - auto_mode: the schedule is ignored; a chunk is released at every complete sentence: sentence
   punctuation followed by whitespace, or a multi-character piece that itself ends with sentence
   punctuation (a client sending whole sentences). Without a sentence end, text is released at a
@@ -43,6 +50,7 @@ _JOIN_AFTER = ".!?,;:…"
 _SENTENCE_END = ".!?…"
 _OPENERS = "¿¡([“‘"
 _SENTENCE_BOUNDARY = re.compile(r"[.!?…][\"')\]}”’»]*\s+")
+_ANY_BOUNDARY = re.compile(r"[.!?…,;:\u2013\u2014][\"')\]}”’»]*\s+")
 _CLAUSE_BOUNDARY = re.compile(r"[,;:\u2013\u2014][\"')\]}”’»]*\s+")
 _WORD_BOUNDARY = re.compile(r"\s+")
 #: Most text handed to the engine in one call, in letters (`char_cost`; plus at most
@@ -83,10 +91,12 @@ class TextBuffer:
 
     config: GenerationConfig
     auto_mode: bool = False
+    first_clause: bool = False
     pending: str = ""
     tail: str = ""  # the last few characters of all text appended so far
     chunk_index: int = 0
     _sentence_ready: bool = False
+    _clause_taken: bool = False
 
     def append(self, piece: str) -> None:
         """Add a client text piece, applying the join rule."""
@@ -114,6 +124,11 @@ class TextBuffer:
 
     def _take_scheduled(self) -> list[str]:
         out: list[str] = []
+        if self.first_clause and not self._clause_taken and self.chunk_index == 0:
+            cut = _first_clause_end(self.pending)
+            if cut and cut < self.config.threshold(0):
+                self._clause_taken = True
+                out.extend(self._release(cut))
         while self.pending and len(self.pending) >= self.config.threshold(self.chunk_index):
             out.extend(self._release(_word_cut(self.pending)))
             self.chunk_index += 1
@@ -155,6 +170,27 @@ class TextBuffer:
     def _release(self, cut: int) -> list[str]:
         chunk, self.pending = self.pending[:cut], self.pending[cut:]
         return [chunk] if chunk.strip() else []
+
+
+_ABBREVIATIONS = frozenset({"mr", "mrs", "ms", "dr", "prof", "st", "vs", "e.g", "i.e", "etc"})
+
+
+def _first_clause_end(text: str) -> int:
+    """End of the first clause of two words or more in `text` (0: none complete yet). A period
+    after an abbreviation, an initial or a number ("Dr. ", "J. ", "3. ") ends nothing."""
+    for match in _ANY_BOUNDARY.finditer(text):
+        words = text[: match.start()].split()
+        if len(words) < 2:
+            continue
+        if text[match.start()] == "." and _abbreviated(words[-1]):
+            continue
+        return match.end()
+    return 0
+
+
+def _abbreviated(word: str) -> bool:
+    core = word.lower().strip("\"'([“‘")
+    return core in _ABBREVIATIONS or len(core) == 1 or core.isdigit()
 
 
 def _last_end(pattern: re.Pattern[str], text: str, start: int = 1) -> int:

@@ -49,9 +49,13 @@ ANSWER = (
     "oceans and makes the tides rise and fall twice a day. People first walked on it in the "
     "summer of nineteen sixty nine, and they brought back rocks that we still study today."
 )
-#: CPU seconds the whole process may use in the 2 s after the loss. A busy loop on the event
-#: loop alone would use about 2 s (1 s even if it only got half a core).
-CPU_LIMIT_S = 0.5
+#: After the error, over QUIET_WINDOW_S: CPU seconds the event loop's thread may use (a busy
+#: loop there would use about 1.5 s, 0.75 s even on half a core), and the whole process (the
+#: in-process TTS server may still finish the answer's first clause, which was flushed: the
+#: protocol speaks flushed text even after close_context; a runaway thread would use 1.5 s).
+LOOP_CPU_LIMIT_S = 0.25
+CPU_LIMIT_S = 1.0
+QUIET_WINDOW_S = 1.5
 
 
 def paced_answer(text: str, fast_words: int = 16, delay: float = 0.1) -> StreamReply:
@@ -126,9 +130,10 @@ async def test_device_lost_mid_answer_ends_the_conversation_with_one_clear_error
     message names the device, the cause and what to do; the agent reports it once (one
     WARNING line, one ErrorEvent, no traceback); the turn is cancelled cleanly (the
     history keeps the heard words, marked interrupted; the turn's record carries the error;
-    close_context for its TTS context is the last frame on the wire for it); in the 2 s after
-    the loss the agent processes no frame after the error and the process uses little CPU (no
-    busy loop); nothing hangs (everything under `fail_after`).
+    close_context for its TTS context is the last frame on the wire for it); after the error
+    the agent processes no frame and, in the next 1.5 s, the process uses little CPU (no busy
+    loop; until the stall is noticed the answer goes on being synthesized, as it should);
+    nothing hangs (everything under `fail_after`).
     """
     caplog.set_level(logging.INFO)
     fake = FakeSoundDevice([device("USB Headset", 1, 2)], default=(0, 0), speed=1.0)
@@ -137,7 +142,7 @@ async def test_device_lost_mid_answer_ends_the_conversation_with_one_clear_error
     wire = WireLog()
     events: list[Event] = []
     frames = 0
-    lost_at = cpu_at_loss = 0.0
+    lost_at = cpu_at_error = loop_cpu_at_error = 0.0
     raised_at: float | None = None
     frames_at_error = 0
 
@@ -162,12 +167,12 @@ async def test_device_lost_mid_answer_ends_the_conversation_with_one_clear_error
                 conversation: Conversation | None = None
 
                 async def lose_the_device_mid_answer() -> None:
-                    nonlocal lost_at, cpu_at_loss
+                    nonlocal lost_at
                     assert await eventually(
                         lambda: conversation is not None and conversation.speaking_for() >= 1.0,
                         limit=30,
                     )
-                    cpu_at_loss, lost_at = time.process_time(), time.monotonic()
+                    lost_at = time.monotonic()
                     for stream in fake.streams:
                         if stream.kind in loss.streams:
                             stream.die() if loss.how == "die" else stream.freeze()
@@ -188,8 +193,11 @@ async def test_device_lost_mid_answer_ends_the_conversation_with_one_clear_error
                                 async for event in conversation:
                                     events.append(event)
                         raised_at, frames_at_error = time.monotonic(), frames
-                    await anyio.sleep(max(0.0, lost_at + 2.0 - time.monotonic()))
-                    cpu_seconds = time.process_time() - cpu_at_loss
+                        cpu_at_error = time.process_time()
+                        loop_cpu_at_error = time.thread_time()  # the event loop's thread
+                    await anyio.sleep(QUIET_WINDOW_S)
+                    cpu_seconds = time.process_time() - cpu_at_error
+                    loop_cpu_seconds = time.thread_time() - loop_cpu_at_error
                     frames_after = frames
 
     error = raised.value
@@ -215,14 +223,15 @@ async def test_device_lost_mid_answer_ends_the_conversation_with_one_clear_error
     # no busy loop, nothing runs on
     assert raised_at is not None and raised_at - lost_at < 2.0
     assert frames_after == frames_at_error, "the agent processed frames after the error"
-    assert cpu_seconds < CPU_LIMIT_S, f"{cpu_seconds:.2f} s of CPU in the 2 s after the loss"
+    assert loop_cpu_seconds < LOOP_CPU_LIMIT_S, f"event loop: {loop_cpu_seconds:.2f} s of CPU"
+    assert cpu_seconds < CPU_LIMIT_S, f"{cpu_seconds:.2f} s of CPU in the 1.5 s after the error"
     print(
         f"\n{loss.name}: error after {(raised_at - lost_at) * 1000:.0f} ms, "
-        f"CPU {cpu_seconds * 1000:.0f} ms in 2 s; heard {answer.content!r}"
+        f"CPU {cpu_seconds * 1000:.0f} ms in the 1.5 s after; heard {answer.content!r}"
     )
     recovery(
         f"audio device lost mid-answer: {loss.name}",
         f"one AudioDeviceError from the conversation; {cpu_seconds * 1000:.0f} ms CPU in the "
-        "next 2 s",
+        "1.5 s after it",
         raised_at - lost_at,
     )
