@@ -18,9 +18,10 @@ synthesis with the clause pause set to the length asked for; see `bench.turn_cor
      the decision), on complete lines that were not cut off.
    Modes: ``silence-500`` (the rule of today: 500 ms of silence ends the turn; any
    ``silence-N`` works) and ``smart`` (`plugins.local.SmartTurn` passed as
-   ``Agent(turn_detector=...)``: asked at the first short silence, ``vad.min_silence_ms`` =
-   ``--fallback-ms`` when it is unsure). The smart mode is skipped, saying so, while `Agent`
-   does not take ``turn_detector``.
+   ``Agent(turn_detector=...)``: asked at the first short silence, `EndOfTurn.pause_ms`
+   (``--pause-ms``, default the agent's), "complete" ends the turn there; when it is unsure,
+   `EndOfTurn.unsure_silence_ms` of silence does (``--unsure-ms``, default 1000). The smart
+   mode is skipped, saying so, with an `Agent` that does not take ``turn_detector``.
    Targets: cut-off share <= 5 %; median end-of-turn wait on complete lines <= 250 ms.
 2. The model alone: `SmartTurn.predict` on each line cut 200 ms into its pause (should be
    "incomplete") and 200 ms after its real end (should be "complete"), with its compute time.
@@ -43,7 +44,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from agent import Agent, AgentOptions, EchoConfig, VadConfig
+from agent import Agent, AgentOptions, EchoConfig, EndOfTurn, VadConfig
 from agent.interfaces import TurnGuess
 from bench._report import percentile, summary, write_json
 from bench.fakes import FakeInstantSTT, FakeScriptedLLM, FakeSilentEngine
@@ -97,6 +98,7 @@ class RecordingDetector:
 
 
 def agent_takes_a_turn_detector() -> bool:
+    """Whether this version of `Agent` has ``turn_detector`` (the smart mode needs it)."""
     return "turn_detector" in inspect.signature(Agent).parameters
 
 
@@ -141,11 +143,11 @@ def judge(spoken: SpokenUtterance, start: float, turns: Sequence[Any]) -> LineRe
 
 def make_agent(
     mode: str,
-    fallback_ms: int,
+    unsure_ms: int,
     detector: RecordingDetector | None,
     tts: Any,
     pause_ms: int | None = None,
-) -> Agent | None:
+) -> Agent:
     stt = FakeInstantSTT()
     llm: Any = FakeScriptedLLM("Okay.", first_token=0.05, delay=0.02)  # an async-generator LLM
     echo = EchoConfig(enabled=False)  # the virtual line has no echo
@@ -153,24 +155,16 @@ def make_agent(
         options = AgentOptions(vad=VadConfig(min_silence_ms=int(mode.split("-", 1)[1])), echo=echo)
         return Agent(stt=stt, llm=llm, tts=tts, options=options)
     if mode == "smart":
-        if not agent_takes_a_turn_detector():
-            return None
-        options = AgentOptions(vad=VadConfig(min_silence_ms=fallback_ms), echo=echo)
-        if pause_ms is not None:  # when to ask the detector; else AgentOptions' default
-            current = getattr(options, "end_of_turn", None)
-            if current is None:
-                raise SystemExit("--pause-ms needs an AgentOptions with end_of_turn")
-            setattr(options, "end_of_turn", dataclasses.replace(current, pause_ms=pause_ms))  # noqa: B010
-        agent_type: Any = Agent  # `turn_detector` is not in every version of Agent
-        built: Agent = agent_type(
-            stt=stt, llm=llm, tts=tts, turn_detector=detector, options=options
-        )
-        return built
+        end = EndOfTurn(unsure_silence_ms=unsure_ms)
+        if pause_ms is not None:
+            end = dataclasses.replace(end, pause_ms=pause_ms)
+        options = AgentOptions(end_of_turn=end, echo=echo)
+        return Agent(stt=stt, llm=llm, tts=tts, options=options, turn_detector=detector)
     raise SystemExit(f"unknown mode {mode!r}: use silence-N (ms) or smart")
 
 
 async def run_agent(
-    mode: str, spoken: Sequence[SpokenUtterance], fallback_ms: int, pause_ms: int | None = None
+    mode: str, spoken: Sequence[SpokenUtterance], unsure_ms: int, pause_ms: int | None = None
 ) -> dict[str, Any] | None:
     """One conversation over every line; None if the mode cannot run with this Agent."""
     if mode == "smart" and not agent_takes_a_turn_detector():
@@ -192,9 +186,7 @@ async def run_agent(
         LocalTTSServer(FakeSilentEngine()) as server,
         ElevenLabsTTS(TTSConfig(output_format=f"pcm_{RATE}"), base_url=server.url) as tts,
     ):
-        agent = make_agent(mode, fallback_ms, detector, tts, pause_ms)
-        if agent is None:
-            return None
+        agent = make_agent(mode, unsure_ms, detector, tts, pause_ms)
         async with transport.running(), agent.conversation(transport) as conversation:
             await conversation.finished.wait()
     turns = conversation.log.turns
@@ -325,7 +317,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                     model = await run_model(lines, detector)
                     model_results.append({"style": style, "take": take + 1, **model})
         for mode in args.modes:
-            result = await run_agent(mode, spoken, args.fallback_ms, args.pause_ms)
+            result = await run_agent(mode, spoken, args.unsure_ms, args.pause_ms)
             if result is None:
                 skipped.append(mode)
                 continue
@@ -333,7 +325,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "load": load_note(),
         "corpus": [u.__dict__ for u in CORPUS],
-        "fallback_ms": args.fallback_ms,
+        "unsure_ms": args.unsure_ms,
         "pause_ms": args.pause_ms,
         "agent": agent_results,
         "model_only": model_results,
@@ -348,10 +340,10 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", default=["silence-500", "smart"])
     parser.add_argument("--styles", nargs="+", choices=STYLES, default=list(STYLES))
     parser.add_argument(
-        "--fallback-ms", type=int, default=1000, help="smart mode: the silence when unsure"
+        "--unsure-ms", type=int, default=1000, help="smart mode: the silence when unsure"
     )
     parser.add_argument(
-        "--pause-ms", type=int, help="smart mode: the silence before asking (AgentOptions default)"
+        "--pause-ms", type=int, help="smart mode: the silence before asking (EndOfTurn default)"
     )
     parser.add_argument("--takes", type=int, default=1, help="model only: renderings per style")
     parser.add_argument("--no-model", action="store_true", help="skip the model-only table")
