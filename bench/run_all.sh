@@ -9,6 +9,7 @@ python -m bench.tts_latency --trials 30
 python -m bench.turn_pipeline
 python -m bench.bargein --episodes 10
 python -m bench.voice_to_voice
+python -m bench.turn_taking
 python -m bench.tool_round
 python -m bench.web_latency
 python -m bench.phone_calls

@@ -23,8 +23,16 @@ imported. The features are computed here, with numpy:
 
 Cost, measured on this project's shared 2-core machine (AMD EPYC, one intra-op thread): about
 55 ms of CPU per call, whatever the utterance's length (the window is always 8 s): ~45-50 ms in
-the model, ~5-10 ms for the features. In wall time that was 60-140 ms per call (median ~110 ms)
-with the machine's load average at 6, i.e. other work competing for both cores.
+the model, ~5-10 ms for the features. In wall time: 60-140 ms per call alone (median ~110 ms,
+load average 6: other work competing for both cores), median 140 ms (max ~320) inside a running
+conversation (`bench.turn_taking`, load average 3.5).
+
+The recipe comes from pipecat's ``local_smart_turn_v3.py`` and ``_whisper_features.py`` and
+smart-turn's ``inference.py``; `tests/data/smart_turn_reference.json` checks these features
+against transformers' ``WhisperFeatureExtractor``, which smart-turn itself uses. On the scripted
+user's piper voice the model is far from perfect (`bench.turn_taking`'s "model alone" table:
+83-92 % right at the real end, 36-67 % right 200 ms into a mid-sentence pause): its verdict
+leans on intonation, and synthesized speech often sounds finished where the words are not.
 """
 
 from __future__ import annotations
