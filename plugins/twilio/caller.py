@@ -163,6 +163,7 @@ class CallResult:
     media_in: int = 0  # bot media frames received
     media_times: list[float] = field(default_factory=list)  # when each arrived (s into the call)
     played_at_clear: list[int] = field(default_factory=list)  # bot samples the handset had played
+    dropped_at_clear: list[int] = field(default_factory=list)  # and the queued ones it dropped
     media_after_clear: int = 0  # bot frames received within 100 ms after a clear
     marks_in: int = 0
     marks_echoed: list[str] = field(default_factory=list)
@@ -312,6 +313,7 @@ async def stream_call(url: str, parameters: dict[str, str], script: CallScript) 
                         elif isinstance(event, BotClear):
                             result.clears += 1
                             result.played_at_clear.append(far.played_bot_samples)
+                            result.dropped_at_clear.append(far.buffered)
                             last_clear = t
                             result.timeline.append((t, "clear"))
                             state.bot_cleared(t, result)
