@@ -52,6 +52,7 @@ class TurnRecord:
     timeline: TurnTimeline = field(default_factory=TurnTimeline)
     tools: list[ToolRecord] = field(default_factory=list)
     tts_context: str = ""  # the TTS stream's id on the wire (joins server-side timings)
+    tts_connection: int | None = None  # the server's name for its socket, when it gives one
     cause: BaseException | None = field(default=None, repr=False, compare=False)  # of `error`
 
     def at(self, mark: str) -> float | None:
@@ -76,6 +77,7 @@ class TurnRecord:
             "interrupted": self.interrupted,
             "error": self.error,
             "tts_context": self.tts_context,
+            "tts_connection": self.tts_connection,
             **self.timeline.to_dict(),
             "tools": [asdict(tool) for tool in self.tools],
         }

@@ -229,7 +229,12 @@ class Transport(Protocol):
 
 
 class TTSStream(Protocol):
-    """One utterance on a TTS connection (an ElevenLabs context): text in, speech out."""
+    """One utterance on a TTS connection (an ElevenLabs context): text in, speech out.
+
+    A stream may also have an optional ``connection_id: int | None`` attribute, the server's
+    name for the connection carrying it: context ids repeat across connections, so the pair
+    is what finds the server's own timings (the turn records it as ``tts_connection``).
+    """
 
     @property
     def context_id(self) -> str:

@@ -143,6 +143,8 @@ class Session:
         try:
             stream = await self.tts.open_context()
             record.tts_context = stream.context_id
+            connection = getattr(stream, "connection_id", None)  # optional (see TTSStream)
+            record.tts_connection = connection if isinstance(connection, int) else None
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._speak, stream, record, spoken, say, go_ahead)
                 tg.start_soon(self._play, stream, record, on_audio)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -37,7 +37,7 @@ class FakeTokenLLM:
 
     async def stream(
         self, messages: Sequence[ChatMessage], *, tools: Sequence[ToolSchema] = ()
-    ) -> AsyncIterator[LLMChunk]:
+    ) -> AsyncGenerator[LLMChunk, None]:
         self.yielded_at = []
         for token in self.tokens:
             if self.delay and self.spin:
@@ -79,7 +79,7 @@ class FakeScriptedLLM:
 
     async def stream(
         self, messages: Sequence[ChatMessage], *, tools: Sequence[ToolSchema] = ()
-    ) -> AsyncIterator[LLMChunk]:
+    ) -> AsyncGenerator[LLMChunk, None]:
         self.streams += 1
         await anyio.sleep(self.first_token)
         for i, token in enumerate(self.tokens):

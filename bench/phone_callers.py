@@ -41,8 +41,8 @@ QUESTIONS = (
 FRAME_S = 0.02
 
 
-def make_voices(folder: Path, texts: list[str]) -> list[Path]:
-    """The questions in the demo's user voice, as 8 kHz WAVs in ``folder``."""
+def make_voices(folder: Path, texts: list[str], rate: int = 8000) -> list[Path]:
+    """The questions in the demo's user voice, as WAVs at `rate` (8 kHz) in ``folder``."""
     from agent.app.user_voice import synthesize_user_lines
     from agent.audio import write_wav
     from plugins.local import PiperEngine
@@ -50,9 +50,9 @@ def make_voices(folder: Path, texts: list[str]) -> list[Path]:
     engine = PiperEngine.load()
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
-    for i, pcm in enumerate(synthesize_user_lines(texts, engine, sample_rate=8000)):
+    for i, pcm in enumerate(synthesize_user_lines(texts, engine, sample_rate=rate)):
         path = folder / f"q{i + 1}.wav"
-        write_wav(path, pcm, 8000)
+        write_wav(path, pcm, rate)
         paths.append(path)
     return paths
 
@@ -153,6 +153,7 @@ def main() -> None:
     v = sub.add_parser("voices", help="write the questions as 8 kHz WAVs (piper)")
     v.add_argument("folder", type=Path)
     v.add_argument("--text", action="append", help="a question (repeat; default: built in)")
+    v.add_argument("--rate", type=int, default=8000, help="sample rate (default: %(default)s)")
     c = sub.add_parser("call", help="place N concurrent calls; print JSON")
     c.add_argument("url")
     c.add_argument("--calls", type=int, default=1)
@@ -165,7 +166,7 @@ def main() -> None:
     c.add_argument("--max-calls", type=int, default=300)
     args = parser.parse_args()
     if args.command == "voices":
-        for path in make_voices(args.folder, args.text or list(QUESTIONS)):
+        for path in make_voices(args.folder, args.text or list(QUESTIONS), args.rate):
             print(path, flush=True)
         return
     voices = [caller_voice(p) for p in args.say]

@@ -318,6 +318,33 @@ def test_heard_comes_from_echoed_marks_and_stale_marks_never_count() -> None:
     assert not pacer.mark_echoed("garbage") and not pacer.mark_echoed("vx:1:99999")
 
 
+@pytest.mark.anyio
+async def test_a_producer_cancelled_as_it_wakes_queues_nothing_after_the_clear() -> None:
+    """A barge-in cancels the answer's player and clears the line in one step; if a mark echo
+    woke the player (waiting for room) just before, it runs on once more: it must not queue
+    audio the clear dropped (the far end would hear the cut answer go on)."""
+    import anyio
+
+    from plugins.twilio.call import TwilioOutput
+
+    pacer = OutboundPacer()
+    out = TwilioOutput(pacer, BotProtocol(), wake=lambda: None, max_queue_seconds=0.04)
+    await out.play_ulaw(bytes(320))  # the queue is full: the next chunk waits for room
+    player = anyio.CancelScope()
+
+    async def play_the_answer() -> None:
+        with player:
+            await out.play_ulaw(b"\x01" * 160)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(play_the_answer)
+        await anyio.sleep(0.01)
+        out._notify()  # a mark echo wakes the player...
+        player.cancel()  # ...as the barge-in cancels it
+        out.clear()  # and clears the line
+    assert pacer.queued_bytes == 0, "nothing of the cut answer queued after the clear"
+
+
 def test_mark_counts_only_audio_queued_after_it() -> None:
     pacer = OutboundPacer()
     pacer.push(b"\x10" * 320, now=0.0)
@@ -411,7 +438,7 @@ def test_stream_tokens_are_one_time_per_call_and_expire() -> None:
 def test_our_callers_next_question_waits_for_the_answer_to_the_last() -> None:
     """`voxloop call --say a.wav --say b.wav`: b goes once the bot has answered a and fallen
     silent, not straight after a (which would cut the answer off as a barge-in)."""
-    from plugins.twilio.caller import FRAME_SECONDS, CallResult, CallScript, Say, _ScriptState
+    from plugins.twilio.caller import CallResult, CallScript, Say, _ScriptState
 
     one_frame = bytes(320)
     state = _ScriptState(

@@ -207,12 +207,14 @@ async def run_demo(
 def add_tts_timings(log: ConversationLog, server: LocalTTSServer) -> None:
     """With the local TTS server in this process: split each answered turn's wait for audio
     into the LLM writing enough text (first token -> synthesis starts) and the engine's own
-    first chunk. The server's timings are found by each turn's context id and are durations,
-    so no second clock enters the turn's timeline."""
+    first chunk. The server's timings are found by each turn's context id on its connection
+    (ids repeat across connections: every call of a phone server has its own socket, and each
+    socket's first context is "ctx-1") and are durations, so no second clock enters the turn's
+    timeline."""
     for record in log.turns:
         to_socket = record.latency_ms("text_to_socket")
         try:
-            timing = server.stats.context(record.tts_context)
+            timing = server.stats.context(record.tts_context, record.tts_connection)
         except KeyError:
             continue
         if to_socket is not None and timing.text_to_synthesis_s is not None:

@@ -50,13 +50,16 @@ from agent.tools import Tool
 from agent.voice_agent import Agent, AgentOptions, Conversation
 
 if TYPE_CHECKING:
-    from plugins.twilio import CallResult, TwilioCall
+    from plugins.twilio import AuthToken, CallResult, CallScript, TwilioCall
 
 log = logging.getLogger("voxloop.phone")
 
 RATE = 8000
 KEEP_CALLS = 32
 DEFAULT_GREETING = "Hello! How can I help you today?"
+SCRIPTED_MAX_SECONDS = 60.0  # voxloop call --say: a scripted call hangs up by then
+MIC_MAX_SECONDS = 1800.0  # voxloop call --mic: a live one by then
+MIC_SPEAKER_SECONDS = 65.0  # the speaker holds what a far-ahead bot sends (as Twilio would)
 
 
 class PhoneBot:
@@ -323,23 +326,133 @@ def call_summary(result: CallResult) -> list[str]:
 
 
 def cmd_call(args: argparse.Namespace) -> int:
-    """Place a simulated phone call."""
+    """Place a simulated phone call (the caller's voice from WAV files, or, with --mic, from
+    this machine's microphone, the bot on its speaker)."""
     from plugins.twilio import AuthToken, CallScript, Press, Say, place_call
 
+    if args.mic:
+        for option, given in (("--say", args.say), ("--dtmf", args.dtmf)):
+            if given:
+                args.call_parser.error(
+                    f"--mic and {option} do not go together: with --mic you talk live from "
+                    f"this machine's microphone; {option} belongs to a scripted call (WAV files)"
+                )
+        if args.interrupt_after is not None:
+            args.call_parser.error(
+                "--interrupt-after schedules --say files; with --mic, just "
+                "speak over the bot to interrupt it"
+            )
     base = webhook_base(args.url)
+    token = AuthToken(args.auth_token) if args.auth_token else None
+    if args.mic:
+        return call_with_mic(args, base, token)
     steps: list[Say | Press] = []
     for i, path in enumerate(args.say or []):
         pcm = caller_voice(path)
         cut_in = args.interrupt_after if i > 0 and args.interrupt_after is not None else None
         steps.append(Say(pcm, after_bot_audio=cut_in, after_bot_silence=args.pause))
     steps += [Press(digit) for digit in args.dtmf or ""]
-    script = CallScript(steps=steps, max_seconds=args.max_seconds)
-    token = AuthToken(args.auth_token) if args.auth_token else None
+    script = CallScript(steps=steps, max_seconds=args.max_seconds or SCRIPTED_MAX_SECONDS)
     result = anyio.run(lambda: place_call(base, script, auth_token=token, record_path=args.out))
     for line in call_summary(result):
         print(line)
     print(f"recording (you left, bot right): {args.out}")
     return 0
+
+
+def _block_rate(rate: int) -> int:
+    """A device rate at which 20 ms is whole samples (PortAudio converts otherwise)."""
+    return rate if rate * 20 % 1000 == 0 else 48000
+
+
+async def mic_call(
+    base: str,
+    script: CallScript,
+    result: CallResult,
+    *,
+    input_device: str | None = None,
+    output_device: str | None = None,
+    auth_token: AuthToken | None = None,
+    say: Callable[[str], None] = print,
+) -> None:
+    """Call the phone bot at `base` from this machine's microphone, hearing it on the speaker
+    (each opened at its device's own rate), until the bot hangs up or ``script.max_seconds``;
+    `result` holds the call. A missing or refused device raises `AudioDeviceError` before
+    dialing. Cancelling (Ctrl-C) hangs up: `stop` is sent and `result` is complete."""
+    from agent.errors import AudioDeviceError
+    from plugins.sounddevice import SoundDeviceTransport, device_rate
+    from plugins.twilio.live_caller import live_call
+
+    def device(spec: str | None) -> int | str | None:
+        return int(spec) if spec is not None and spec.isdigit() else spec
+
+    try:
+        mic = SoundDeviceTransport(
+            _block_rate(device_rate(device(input_device), "input")),
+            block_ms=20,
+            input_device=device(input_device),
+            use_output=False,
+        )
+        speaker = SoundDeviceTransport(
+            _block_rate(device_rate(device(output_device), "output")),
+            block_ms=20,
+            output_device=device(output_device),
+            use_input=False,
+            max_output_seconds=MIC_SPEAKER_SECONDS,
+        )
+        async with mic.running(), speaker.running():  # devices first: fail in a second
+            say(
+                f"calling {base} from your microphone ({mic.sample_rate} Hz) and speaker "
+                f"({speaker.sample_rate} Hz); speak after the greeting, Ctrl-C hangs up "
+                "(use headphones: a phone bot's echo guard is off)"
+            )
+            await live_call(
+                base,
+                mic,
+                speaker.output,
+                script,
+                auth_token=auth_token,
+                result=result,
+                max_buffer_seconds=MIC_SPEAKER_SECONDS - 5,
+            )
+    except AudioDeviceError as err:
+        raise AudioDeviceError(
+            f"voxloop call --mic: {err}. Without a microphone and speaker, place the call "
+            "with --say question.wav instead"
+        ) from err
+
+
+def call_with_mic(args: argparse.Namespace, base: str, token: AuthToken | None) -> int:
+    """`voxloop call --mic`: a live call (see `mic_call`); Ctrl-C hangs up and the recording
+    is written."""
+    from plugins.twilio import CallResult, CallScript
+
+    script = CallScript(max_seconds=args.max_seconds or MIC_MAX_SECONDS)
+    result = CallResult()
+
+    async def main() -> None:
+        await mic_call(
+            base,
+            script,
+            result,
+            input_device=args.input,
+            output_device=args.output,
+            auth_token=token,
+            say=lambda line: print(line, flush=True),
+        )
+
+    status = 0
+    try:
+        anyio.run(main)
+    except KeyboardInterrupt:
+        print("\nhung up", flush=True)
+        status = 130
+    if result.caller_pcm or result.media_in:
+        result.write_wav(args.out)
+        for line in call_summary(result):
+            print(line)
+        print(f"recording (you left, bot right): {args.out}", flush=True)
+    return status
 
 
 def register(sub: Any) -> None:
@@ -392,7 +505,9 @@ def register(sub: Any) -> None:
         description="Speaks Twilio's side of Media Streams: posts the voice webhook, streams "
         "your WAV files as the caller in real time (20 ms μ-law frames), echoes the bot's "
         "marks, honours clear, presses keys, and records call.wav (you left, bot right). "
-        "Prints the bot's time to first audio and its barge-in reaction.",
+        "Prints the bot's time to first audio and its barge-in reaction. With --mic you talk "
+        "live instead: your microphone is the caller and the bot plays on your speaker "
+        "(marks echoed as it plays, a clear silences it at once); Ctrl-C hangs up.",
     )
     p.add_argument("url", help="the phone server: http://127.0.0.1:8080 (or its /twilio/media)")
     p.add_argument(
@@ -401,6 +516,14 @@ def register(sub: Any) -> None:
         metavar="WAV",
         help="a WAV file the caller says (repeat for several turns, in order)",
     )
+    p.add_argument(
+        "--mic",
+        action="store_true",
+        help="talk live instead: this machine's microphone is the caller, its speaker plays "
+        "the bot (not with --say)",
+    )
+    p.add_argument("--input", help="with --mic: microphone, index or part of its name")
+    p.add_argument("--output", help="with --mic: speaker, index or part of its name")
     p.add_argument(
         "--interrupt-after",
         type=float,
@@ -415,11 +538,14 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--dtmf", metavar="DIGITS", help="keys to press after the last --say")
     p.add_argument(
-        "--max-seconds", type=float, default=60.0, help="hang up after this long (default: 60)"
+        "--max-seconds",
+        type=float,
+        help=f"hang up after this long (default: {SCRIPTED_MAX_SECONDS:g} s; with --mic "
+        f"{MIC_MAX_SECONDS / 60:g} min)",
     )
     p.add_argument(
         "--auth-token",
         help="sign the webhook with this Twilio auth token (when the bot checks signatures)",
     )
     p.add_argument("--out", default="output/call.wav", help="recording (default: %(default)s)")
-    p.set_defaults(handler=cmd_call)
+    p.set_defaults(handler=cmd_call, call_parser=p)

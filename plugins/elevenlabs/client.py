@@ -52,7 +52,7 @@ from plugins.elevenlabs.protocol import (
 )
 from plugins.elevenlabs.redaction import remember_key, secret_safe_logger
 from plugins.elevenlabs.server_frames import MAX_SERVER_FRAME_BYTES
-from plugins.elevenlabs.settings import DEFAULT_VOICE_ID
+from plugins.elevenlabs.settings import CONNECTION_ID_HEADER, DEFAULT_VOICE_ID
 
 log = logging.getLogger("voxloop.tts")
 
@@ -138,14 +138,17 @@ def resolve_base_url(base_url: str | None) -> str:
 class TTSContext:
     """One utterance stream on the socket: text in, speech chunks out.
 
-    ``context_id`` is the id on the wire (the local server's ``stats.context(context_id)``
-    finds its server-side timings); ``ttfb`` is the time from the first text sent to the first
-    audio received.
+    ``context_id`` is the id on the wire and ``connection_id`` the server's name for the
+    socket that carries it (the local server's ``stats.context(context_id, connection_id)``
+    finds its server-side timings; None from a server that does not name its sockets, such as
+    the real service); ``ttfb`` is the time from the first text sent to the first audio
+    received.
     """
 
     def __init__(self, owner: _Socket, context_id: str | None, fmt: OutputFormat) -> None:
         self._owner = owner
         self.id = context_id
+        self.connection_id: int | None = owner.connection_id
         self._fmt = fmt
         self._decoder = Decoder(self._fmt) if owner.config.decode_audio else None
         self._tracker = AlignmentTracker()
@@ -330,6 +333,14 @@ class TTSContext:
             pass  # the consumer is gone (aborted): nothing to deliver to
 
 
+def _connection_id(ws: ClientConnection) -> int | None:
+    """The server's name for this socket (`CONNECTION_ID_HEADER`; only the local server sends
+    it), or None."""
+    value = ws.response.headers.get(CONNECTION_ID_HEADER) if ws.response is not None else None
+    ok = value is not None and value.isascii() and value.isdigit() and len(value) <= 18
+    return int(value) if ok and value is not None else None
+
+
 class _Socket:
     """One WebSocket with its protocol, reader and keep-alive tasks."""
 
@@ -350,6 +361,7 @@ class _Socket:
         self.alive = True
         self.wake_timer = anyio.Event()
         self.timer_deadline: float | None = None
+        self.connection_id = _connection_id(ws)
 
     async def send_pending(self) -> None:
         """Write every queued frame in order. Raises ConnectionLostError if the socket is gone."""

@@ -31,6 +31,7 @@ with that engine; the first one requested is noted once in a DEBUG log line.
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import math
 import time
 from collections import deque
@@ -76,7 +77,7 @@ from .protocol import (
     api_key_from_query,
 )
 from .redaction import remember_key, secret_safe_logger
-from .settings import DEFAULT_VOICE_ID
+from .settings import CONNECTION_ID_HEADER, DEFAULT_VOICE_ID
 
 log = secret_safe_logger("voxloop.tts_server")
 
@@ -139,8 +140,10 @@ class ServerStats:
     def context(self, context_id: str | None, connection_id: int | None = None) -> ContextTiming:
         """The most recent timing of `context_id` (on `connection_id`, when given).
 
-        Context ids are chosen by clients, so two connections may reuse one; pass the
-        connection to tell them apart. KeyError if the id is not among the recent contexts.
+        Context ids are chosen by clients, so two connections may reuse one (every socket of
+        our client starts at "ctx-1"); pass the connection to tell them apart: the server names
+        it in the handshake response (`CONNECTION_ID_HEADER`), and our client's contexts carry
+        it as `TTSContext.connection_id`. KeyError if the id is not among the recent contexts.
         """
         for timing in reversed(self.contexts):
             if timing.context_id == context_id and connection_id in (None, timing.connection_id):
@@ -507,8 +510,10 @@ class LocalTTSServer:
         self._server: Server | None = None
         self._live: set[_Connection] = set()
         self._admitted: dict[ServerConnection, str] = {}
-        self._requests: dict[ServerConnection, tuple[StreamParams | ProtocolError, Secret | None]]
-        self._requests = {}
+        self._requests: dict[
+            ServerConnection, tuple[StreamParams | ProtocolError, Secret | None, int]
+        ] = {}
+        self._connection_ids = itertools.count(1)  # accepted handshakes, named to the client
         self._model_noted = False
 
     def __repr__(self) -> str:
@@ -590,8 +595,17 @@ class LocalTTSServer:
             if refused is not None:
                 self._admitted.pop(connection, None)
                 return refused
-        self._requests[connection] = (params, key)
+        self._requests[connection] = (params, key, next(self._connection_ids))
         return None
+
+    def _process_response(
+        self, connection: ServerConnection, request: Request, response: Response
+    ) -> None:
+        """Name the accepted socket to its client (`CONNECTION_ID_HEADER`), so the client can
+        find its contexts' timings in `stats` (context ids repeat across sockets)."""
+        accepted = self._requests.get(connection)
+        if accepted is not None and response.status_code == 101:
+            response.headers[CONNECTION_ID_HEADER] = str(accepted[2])
 
     def _check_voice(self, connection: ServerConnection, params: StreamParams) -> Response | None:
         if params.model_id is not None and not self._model_noted:
@@ -619,7 +633,7 @@ class LocalTTSServer:
         return None
 
     async def _handler(self, ws: ServerConnection) -> None:
-        params, key = self._requests.pop(ws)
+        params, key, connection_id = self._requests.pop(ws)
         self.stats.connections += 1
         self.stats.active_connections += 1
         try:
@@ -627,7 +641,7 @@ class LocalTTSServer:
                 await ws.send(dumps(params.to_frame()))
                 await ws.close(1008, "invalid output_format")
                 return
-            conn = _Connection(self, ws, params, key, self.stats.connections)
+            conn = _Connection(self, ws, params, key, connection_id)
             log.debug("connection %d from %s", conn.id, conn.peer)
             self._live.add(conn)
             try:
@@ -648,6 +662,7 @@ class LocalTTSServer:
             self.host,
             self.port,
             process_request=self._process_request,
+            process_response=self._process_response,
             max_size=SOCKET_MAX_FRAME,
             compression=None,
             close_timeout=CLOSE_TIMEOUT_S,

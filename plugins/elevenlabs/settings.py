@@ -37,6 +37,11 @@ SINGLE_PATH_SUFFIX = "/stream-input"
 MULTI_PATH_SUFFIX = "/multi-stream-input"
 PATH_PREFIX = "/v1/text-to-speech/"
 
+#: The local server names each accepted socket in this handshake response header (a number,
+#: 1, 2, ...); its per-context timings carry it, since context ids repeat across sockets.
+#: The real service sends no such header.
+CONNECTION_ID_HEADER = "X-Voxloop-Connection"
+
 
 class Secret:
     """An API key. Never shown by repr/str; `reveal()` is the only way to read it."""

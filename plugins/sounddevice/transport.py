@@ -162,6 +162,18 @@ def resolve_device(spec: DeviceSpec, kind: Kind, sd: ModuleType | None = None) -
     )
 
 
+def device_rate(spec: DeviceSpec, kind: Kind, sd: ModuleType | None = None) -> int:
+    """The own sample rate (PortAudio's default) of the device `spec` names: a stream at it
+    needs no conversion by the host. Raises `AudioDeviceError` as `resolve_device` does."""
+    sd = sd or load_sounddevice()
+    index = resolve_device(spec, kind, sd)
+    try:
+        rate = round(float(sd.query_devices(index)["default_samplerate"]))
+    except (KeyError, TypeError, ValueError):
+        rate = 0
+    return rate if rate > 0 else 48000
+
+
 class SoundDeviceOutput:
     """`AudioOutput` for the speaker: a `PlayoutBuffer` that fails loudly if the device dies."""
 
@@ -523,6 +535,7 @@ __all__ = [
     "DeviceSpec",
     "SoundDeviceOutput",
     "SoundDeviceTransport",
+    "device_rate",
     "list_devices",
     "load_sounddevice",
     "resolve_device",

@@ -11,7 +11,8 @@ Serve calls (the call handler gets a `TwilioCall`: `mic_frames()`, `output`, `dt
     serve_forever(handler, PhoneConfig.from_env(public_url="https://bot.example"), port=8080)
 
 Mount in your own ASGI service instead: ``PhoneApp(handler, config).asgi``.
-Place a test call against it: ``await place_call("http://127.0.0.1:8080", CallScript(...))``.
+Place a test call against it: ``await place_call("http://127.0.0.1:8080", CallScript(...))``,
+or a live one from a microphone and a speaker: ``await live_call(url, microphone, speaker)``.
 Needs the ``phone`` extra (starlette, uvicorn) for the server; the protocol, pacer, security
 and caller modules need only the core.
 """
@@ -22,6 +23,7 @@ from .call import CallHandler, CallRecord, CallSettings, TwilioCall, TwilioOutpu
 from .caller import CallFailed, CallResult, CallScript, FarEnd, Press, Say, dial, place_call
 from .dialect import TWILIO, Dialect
 from .handlers import ToneBot, echo_handler
+from .live_caller import Microphone, live_call
 from .pacing import OutboundPacer
 from .protocol import BotProtocol, CallerProtocol, Limits, StartInfo
 from .security import AuthToken, StreamTokens, compute_signature, validate_signature
@@ -41,6 +43,7 @@ __all__ = [
     "Dialect",
     "FarEnd",
     "Limits",
+    "Microphone",
     "OutboundPacer",
     "PhoneApp",
     "PhoneConfig",
@@ -54,6 +57,7 @@ __all__ = [
     "compute_signature",
     "dial",
     "echo_handler",
+    "live_call",
     "place_call",
     "run_call",
     "running_phone_server",

@@ -121,6 +121,9 @@ class TwilioOutput:
         queued (backpressure); cancelling while waiting queues nothing of this chunk."""
         while not self.closed and self._pacer.queued_bytes >= self._max_queue:
             await self._wait_change(0.1)
+        # A producer cancelled (a barge-in) just as a change woke it must not queue audio the
+        # `clear` that comes with the cancel has dropped: with room, nothing else checks.
+        await anyio.lowlevel.checkpoint_if_cancelled()
         if self.closed:
             return
         self._pacer.push(ulaw, anyio.current_time())

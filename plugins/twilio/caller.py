@@ -100,8 +100,12 @@ NO_ANSWER_S = 6.0
 class FarEnd:
     """The bot's audio as a handset plays it: 20 ms per `play_frame()`, marks echoed in order."""
 
-    def __init__(self, echo_marks: bool = True, echo_marks_on_clear: bool = True,
-                 max_buffer_seconds: float = 600.0) -> None:
+    def __init__(
+        self,
+        echo_marks: bool = True,
+        echo_marks_on_clear: bool = True,
+        max_buffer_seconds: float = 600.0,
+    ) -> None:
         self.echo_marks = echo_marks
         self.echo_marks_on_clear = echo_marks_on_clear
         self._buffer = bytearray()
@@ -159,6 +163,7 @@ class CallResult:
     media_in: int = 0  # bot media frames received
     media_times: list[float] = field(default_factory=list)  # when each arrived (s into the call)
     played_at_clear: list[int] = field(default_factory=list)  # bot samples the handset had played
+    dropped_at_clear: list[int] = field(default_factory=list)  # and the queued ones it dropped
     media_after_clear: int = 0  # bot frames received within 100 ms after a clear
     marks_in: int = 0
     marks_echoed: list[str] = field(default_factory=list)
@@ -206,22 +211,32 @@ def _post_webhook(url: str, fields: dict[str, str], token: AuthToken | None) -> 
         with urllib.request.urlopen(request, timeout=10) as response:
             return bytes(response.read()).decode("utf-8")
     except urllib.error.HTTPError as err:
-        raise CallFailed(f"the voice webhook answered {err.code}: "
-                         f"{err.read().decode('utf-8', 'replace')[:200]}") from None
+        raise CallFailed(
+            f"the voice webhook answered {err.code}: {err.read().decode('utf-8', 'replace')[:200]}"
+        ) from None
     except urllib.error.URLError as err:
         raise CallFailed(f"cannot reach the voice webhook at {url}: {err.reason}") from None
 
 
-async def dial(base_url: str, script: CallScript, auth_token: AuthToken | None = None,
-               voice_path: str = "/twilio/voice") -> StreamTarget:
+async def dial(
+    base_url: str,
+    script: CallScript,
+    auth_token: AuthToken | None = None,
+    voice_path: str = "/twilio/voice",
+) -> StreamTarget:
     """POST the voice webhook as Twilio would; returns where to stream. Cancelling abandons
     the request (its thread finishes on its own)."""
-    fields = {"CallSid": script.call_sid, "AccountSid": "AC" + "0" * 32,
-              "From": script.from_number, "To": script.to_number, "Direction": "inbound",
-              "CallStatus": "ringing"}
+    fields = {
+        "CallSid": script.call_sid,
+        "AccountSid": "AC" + "0" * 32,
+        "From": script.from_number,
+        "To": script.to_number,
+        "Direction": "inbound",
+        "CallStatus": "ringing",
+    }
     xml = await anyio.to_thread.run_sync(
-        _post_webhook, base_url.rstrip("/") + voice_path, fields, auth_token,
-        abandon_on_cancel=True)
+        _post_webhook, base_url.rstrip("/") + voice_path, fields, auth_token, abandon_on_cancel=True
+    )
     return parse_twiml(xml)
 
 
@@ -235,8 +250,13 @@ def plain_ws_on_loopback(url: str) -> str:
 # ---- the call --------------------------------------------------------------------------------
 
 
-async def place_call(base_url: str, script: CallScript, *, auth_token: AuthToken | None = None,
-                     record_path: str | Path | None = None) -> CallResult:
+async def place_call(
+    base_url: str,
+    script: CallScript,
+    *,
+    auth_token: AuthToken | None = None,
+    record_path: str | Path | None = None,
+) -> CallResult:
     """Dial `base_url`'s webhook, run the script over the media stream, hang up; the result.
 
     Cancelling closes the media socket (no `stop` is sent).
@@ -274,8 +294,11 @@ async def stream_call(url: str, parameters: dict[str, str], script: CallScript) 
             try:
                 async for message in ws:
                     t = now()
-                    events = (proto.receive_text(message, t) if isinstance(message, str)
-                              else proto.receive_binary(bytes(message), t))
+                    events = (
+                        proto.receive_text(message, t)
+                        if isinstance(message, str)
+                        else proto.receive_binary(bytes(message), t)
+                    )
                     for event in events:
                         if isinstance(event, BotMedia):
                             result.media_in += 1
@@ -290,6 +313,7 @@ async def stream_call(url: str, parameters: dict[str, str], script: CallScript) 
                         elif isinstance(event, BotClear):
                             result.clears += 1
                             result.played_at_clear.append(far.played_bot_samples)
+                            result.dropped_at_clear.append(far.buffered)
                             last_clear = t
                             result.timeline.append((t, "clear"))
                             state.bot_cleared(t, result)
@@ -423,7 +447,7 @@ class _ScriptState:
                     result.timeline.append((t, "say" + (" (barge-in)" if self.barging else "")))
         if self.speech:
             chunk = self.speech[: FRAME_BYTES * 2]
-            self.speech = self.speech[FRAME_BYTES * 2:]
+            self.speech = self.speech[FRAME_BYTES * 2 :]
             if len(chunk) < FRAME_BYTES * 2:
                 chunk += bytes(FRAME_BYTES * 2 - len(chunk))
             if not self.speech:
@@ -439,15 +463,24 @@ class _ScriptState:
     def done(self, t: float) -> bool:
         if t >= self.script.max_seconds:
             return True
-        return (not self.steps and not self.speech and self.bot_silent_since is not None
-                and t - self.last_activity >= self.script.hang_up_after_silence)
+        return (
+            not self.steps
+            and not self.speech
+            and self.bot_silent_since is not None
+            and t - self.last_activity >= self.script.hang_up_after_silence
+        )
 
 
 def summary(result: CallResult) -> str:
     """One JSON line of the call's measurements (for the CLI and benches)."""
-    return json.dumps({
-        "response_latencies_s": [round(x, 3) for x in result.response_latencies],
-        "barge_in_reactions_s": [round(x, 3) for x in result.barge_in_reactions],
-        "media_in": result.media_in, "marks_in": result.marks_in, "clears": result.clears,
-        "hung_up_by": result.hung_up_by, "close_code": result.close_code,
-    })
+    return json.dumps(
+        {
+            "response_latencies_s": [round(x, 3) for x in result.response_latencies],
+            "barge_in_reactions_s": [round(x, 3) for x in result.barge_in_reactions],
+            "media_in": result.media_in,
+            "marks_in": result.marks_in,
+            "clears": result.clears,
+            "hung_up_by": result.hung_up_by,
+            "close_code": result.close_code,
+        }
+    )
