@@ -391,10 +391,23 @@ class Conversation:
             log.warning("turn detector failed, waiting for the longer silence: %s", err)
             return
         tentative = self._tentative
-        if tentative is not None and tentative.serial == serial:
+        if tentative is None or tentative.serial != serial:
+            tentative = None
+        else:
             tentative.guess = guess
         if serial != self._pauses or not guess.complete:
             return  # the user went on, or the model is unsure: the longer silence decides
+        if tentative is not None:
+            # The words so far, from the tentative turn's STT (its answer needs them before it
+            # can start anyway, so waiting for them costs the answer nothing): a phrase left
+            # hanging ("a table for", "Thank you,") is not the end, whatever the voice did.
+            with anyio.move_on_after(TRANSCRIPT_WAIT_S):
+                await tentative.transcribed.wait()
+            if serial != self._pauses:
+                return
+            if tentative.transcribed.is_set() and sounds_unfinished(tentative.record.transcript):
+                tentative.record.timeline.durations_ms["turn_unfinished_words"] = 1.0
+                return
         for event in self.detector.end_now():
             self._heard(event)
 
@@ -546,6 +559,8 @@ class Conversation:
         record.transcript = transcript.text.strip()
         record.timeline.mark("transcript", now)
         record.timeline.durations_ms["stt_compute"] = round(transcript.compute_seconds * 1000, 2)
+        if tentative is not None:
+            tentative.transcribed.set()
         if tentative is None or tentative.committed.is_set():
             self._set_user_text(record)
         self._emit(UserSaid(record.index, record.transcript, now))
@@ -634,8 +649,40 @@ class _Tentative:
     history_length: int  # the session's history before it: cut back to this if withdrawn
     serial: int  # which pause started it
     committed: anyio.Event = field(default_factory=anyio.Event)
+    transcribed: anyio.Event = field(default_factory=anyio.Event)  # its STT returned
     events: list[Event] = field(default_factory=list)  # held until the commit
     guess: TurnGuess | None = None
+
+
+#: How long a turn detector's "complete" waits for the words so far before it ends the turn.
+TRANSCRIPT_WAIT_S = 0.4
+
+#: Words a phrase does not end on: articles, prepositions, conjunctions, possessives,
+#: auxiliaries, fillers ("a table for", "my account and", "I was", "um").
+_HANGING_WORDS = frozenset(
+    (
+        "a an the this these those some any every each no my your our their his her its "
+        "for to of in on at by with from near into onto about over under between after before "
+        "than like as and or but so because if when while until unless that which who whose "
+        "is are was were be been am will would can could should shall may might must do does "
+        "did have has had i we you they he she it me us them not very just also um uh er erm"
+    ).split()
+)
+
+
+def sounds_unfinished(text: str) -> bool:
+    """Whether ``text`` (a transcript so far) leaves a phrase hanging: it ends on a comma,
+    colon, dash or ellipsis, or its last word is one a phrase does not end on (unless it is
+    asked: "What is it for?"). Nothing heard is not unfinished."""
+    stripped = text.strip()
+    if not stripped:
+        return False
+    if stripped.endswith(("...", "…", ",", ":", ";", "-", "–", "—")):
+        return True
+    if stripped.endswith("?"):
+        return False
+    last = stripped.split()[-1].strip(".!\"'”’)(").lower()
+    return last in _HANGING_WORDS
 
 
 def _pause_ms(agent: Agent) -> int | None:

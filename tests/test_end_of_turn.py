@@ -1,0 +1,113 @@
+"""Ending the user's turn: the words-so-far rule as a table, and a real conversation (virtual
+transport, lockstep) with a scripted turn detector (a fake that always says "complete") and a
+scripted STT (a fake that says what the test wants heard), over real VAD and turn-taking."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Sequence
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+from agent import LLM, Agent, AgentOptions, EndOfTurn, TurnGuess
+from agent.interfaces import ChatMessage, LLMChunk, TextDelta, ToolSchema, Transcript
+from agent.voice_agent import sounds_unfinished
+from plugins.elevenlabs.client import ElevenLabsTTS, TTSConfig
+from plugins.elevenlabs.server import LocalTTSServer
+from plugins.virtual import VirtualTransport
+from tests.fakes.engines import FakeToneEngine
+from tests.signals import synthetic_speech
+
+pytestmark = pytest.mark.anyio
+RATE = 16000
+
+
+@pytest.mark.parametrize(
+    ("text", "unfinished"),
+    [
+        ("I would like to book a table for", True),
+        ("I would like to book a table for.", True),  # whisper closes fragments with a period
+        ("Thank you,", True),
+        ("My number is four five six and", True),
+        ("Um", True),
+        ("So...", True),
+        ("What is it for?", False),
+        ("What time do you open tomorrow?", False),
+        ("Four people tonight.", False),
+        ("Thank you, that is all for today.", False),
+        ("", False),
+    ],
+)
+def test_a_phrase_left_hanging_is_not_the_end(text: str, unfinished: bool) -> None:
+    assert sounds_unfinished(text) is unfinished
+
+
+class AlwaysComplete:
+    """A scripted turn detector (fake): every pause is the end of the turn."""
+
+    def __init__(self) -> None:
+        self.asked = 0
+
+    async def predict(self, pcm: bytes, sample_rate: int) -> TurnGuess:
+        self.asked += 1
+        await anyio.lowlevel.checkpoint()
+        return TurnGuess(True, 0.99, 0.0)
+
+
+class SaysText:
+    """A scripted STT (fake): hears ``text`` in whatever it is given."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    async def transcribe(self, pcm: bytes, sample_rate: int) -> Transcript:
+        await anyio.lowlevel.checkpoint()
+        return Transcript(self.text, audio_seconds=len(pcm) / 2 / sample_rate)
+
+
+class Mute:
+    """A scripted LLM (fake) that answers "Okay.": only the end of turn is under test."""
+
+    async def stream(
+        self, messages: Sequence[ChatMessage], *, tools: Sequence[ToolSchema] = ()
+    ) -> AsyncGenerator[LLMChunk, None]:
+        await anyio.lowlevel.checkpoint()
+        yield TextDelta("Okay.")
+
+
+async def end_of_turn_wait(heard: str) -> tuple[float, int]:
+    """One utterance with 1.5 s of silence after it; the turn's end-of-turn wait (ms), and how
+    often the detector was asked."""
+    transport = VirtualTransport(RATE, realtime=False, duration_s=4.0)
+    transport.inject(synthetic_speech(1.2, trailing_silence=0.0), at_seconds=0.3)
+    detector = AlwaysComplete()
+    async with (
+        LocalTTSServer(FakeToneEngine()) as server,
+        ElevenLabsTTS(TTSConfig(output_format=f"pcm_{RATE}"), base_url=server.url) as tts,
+    ):
+        llm: LLM = Mute()
+        agent = Agent(
+            stt=SaysText(heard),
+            llm=llm,
+            tts=tts,
+            options=AgentOptions(end_of_turn=EndOfTurn(pause_ms=200, unsure_silence_ms=1000)),
+            turn_detector=detector,
+        )
+        with anyio.fail_after(20):
+            async with transport.running(), agent.conversation(transport) as conversation:
+                await conversation.finished.wait()
+    (record,) = conversation.log.turns
+    wait = record.latency_ms("end_of_turn_wait")
+    assert wait is not None
+    return wait, detector.asked
+
+
+async def test_a_complete_sounding_pause_ends_the_turn_at_once() -> None:
+    wait, asked = await end_of_turn_wait("What time do you open tomorrow?")
+    assert asked == 1 and 200 <= wait <= 300  # the pause, and the detector at once
+
+
+async def test_hanging_words_overrule_the_detector_and_the_longer_silence_decides() -> None:
+    wait, asked = await end_of_turn_wait("I would like to book a table for")
+    assert asked == 1 and 1000 <= wait <= 1100  # the fallback silence
