@@ -9,9 +9,11 @@ synthesis with the clause pause set to the length asked for; see `bench.turn_cor
 
 1. The agent: every line goes, 2 s apart, through a real `agent.Conversation` on the virtual
    transport in real time (20 ms blocks): echo guard (off: there is no echo), VAD, the
-   end-of-turn rule under test, turn-taking, then fakes for what is not measured here
-   (`FakeInstantSTT`, `FakeScriptedLLM` saying "Okay.", and `FakeSilentEngine` behind the real
-   local TTS server and client: a quiet agent). Per line:
+   end-of-turn rule under test, turn-taking, the real local STT (whisper tiny.en: the smart
+   rule reads the words so far, which the answer started at the pause has transcribed), then
+   fakes for what is not measured here (`FakeScriptedLLM` saying "Okay.", and
+   `FakeSilentEngine` behind the real local TTS server and client: a quiet agent;
+   ``--stt fake`` puts `FakeInstantSTT` in the STT's place). Per line:
    - cut off: a turn whose ``user_speech_end`` mark lies before the line's real end of speech
      (by more than 200 ms: the VAD dates the end to a frame, and a last word lasts longer);
    - end-of-turn wait (timeline latency ``end_of_turn_wait``: the user's last voiced frame to
@@ -147,8 +149,9 @@ def make_agent(
     detector: RecordingDetector | None,
     tts: Any,
     pause_ms: int | None = None,
+    stt: Any = None,
 ) -> Agent:
-    stt = FakeInstantSTT()
+    stt = stt or FakeInstantSTT()
     llm: Any = FakeScriptedLLM("Okay.", first_token=0.05, delay=0.02)  # an async-generator LLM
     echo = EchoConfig(enabled=False)  # the virtual line has no echo
     if mode.startswith("silence-"):
@@ -164,7 +167,11 @@ def make_agent(
 
 
 async def run_agent(
-    mode: str, spoken: Sequence[SpokenUtterance], unsure_ms: int, pause_ms: int | None = None
+    mode: str,
+    spoken: Sequence[SpokenUtterance],
+    unsure_ms: int,
+    pause_ms: int | None = None,
+    stt: Any = None,
 ) -> dict[str, Any] | None:
     """One conversation over every line; None if the mode cannot run with this Agent."""
     if mode == "smart" and not agent_takes_a_turn_detector():
@@ -186,7 +193,7 @@ async def run_agent(
         LocalTTSServer(FakeSilentEngine()) as server,
         ElevenLabsTTS(TTSConfig(output_format=f"pcm_{RATE}"), base_url=server.url) as tts,
     ):
-        agent = make_agent(mode, unsure_ms, detector, tts, pause_ms)
+        agent = make_agent(mode, unsure_ms, detector, tts, pause_ms, stt)
         async with transport.running(), agent.conversation(transport) as conversation:
             await conversation.finished.wait()
     turns = conversation.log.turns
@@ -305,6 +312,12 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     from plugins.local.smart_turn import SmartTurn
 
     engine = await anyio.to_thread.run_sync(PiperEngine.load)
+    stt: Any = None  # FakeInstantSTT
+    if args.stt == "whisper":
+        from plugins.local.whisper_stt import WhisperSTT
+
+        stt = WhisperSTT()
+        await anyio.to_thread.run_sync(stt.load)
     agent_results, model_results, skipped = [], [], []
     for style in args.styles:
         spoken = await anyio.to_thread.run_sync(speak_all, engine, style)
@@ -317,7 +330,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                     model = await run_model(lines, detector)
                     model_results.append({"style": style, "take": take + 1, **model})
         for mode in args.modes:
-            result = await run_agent(mode, spoken, args.unsure_ms, args.pause_ms)
+            result = await run_agent(mode, spoken, args.unsure_ms, args.pause_ms, stt)
             if result is None:
                 skipped.append(mode)
                 continue
@@ -338,6 +351,12 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--modes", nargs="+", default=["silence-500", "smart"])
+    parser.add_argument(
+        "--stt",
+        choices=("whisper", "fake"),
+        default="whisper",
+        help="whisper: the local STT, as the product runs (default); fake: a fixed transcript",
+    )
     parser.add_argument("--styles", nargs="+", choices=STYLES, default=list(STYLES))
     parser.add_argument(
         "--unsure-ms", type=int, default=1000, help="smart mode: the silence when unsure"
