@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1
 python -m bench.tts_latency --trials 30
+python -m bench.stt_latency
 python -m bench.turn_pipeline
 python -m bench.bargein --episodes 10
 python -m bench.voice_to_voice
