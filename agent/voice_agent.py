@@ -657,32 +657,47 @@ class _Tentative:
 #: How long a turn detector's "complete" waits for the words so far before it ends the turn.
 TRANSCRIPT_WAIT_S = 0.4
 
-#: Words a phrase does not end on: articles, prepositions, conjunctions, possessives,
-#: auxiliaries, fillers ("a table for", "my account and", "I was", "um").
-_HANGING_WORDS = frozenset(
+#: Words no phrase ends on, asked or not: articles, possessives, conjunctions, fillers.
+_NEVER_LAST = frozenset(
+    "a an the my your our their his her its and or but because um uh er erm".split()
+)
+#: Prepositions: a phrase ends on one only as a wh-question ("What is it for?").
+_PREPOSITIONS = frozenset(
     (
-        "a an the this these those some any every each no my your our their his her its "
-        "for to of in on at by with from near into onto about over under between after before "
-        "than like as and or but so because if when while until unless that which who whose "
-        "is are was were be been am will would can could should shall may might must do does "
-        "did have has had i we you they he she it me us them not very just also um uh er erm"
+        "for to of in on at by with from near into onto about over under between after "
+        "before than like as"
     ).split()
 )
+#: Words a statement does not end on, though a question may ("Is it?", "Can you?").
+_RARELY_LAST = frozenset(
+    (
+        "this these those some any every each no so if when while until unless that which "
+        "who whose is are was were be been am will would can could should shall may might must "
+        "do does did have has had i we you they he she it me us them not very just also"
+    ).split()
+)
+_WH_WORDS = frozenset("what who whom where which whose".split())
 
 
 def sounds_unfinished(text: str) -> bool:
     """Whether ``text`` (a transcript so far) leaves a phrase hanging: it ends on a comma,
-    colon, dash or ellipsis, or its last word is one a phrase does not end on (unless it is
-    asked: "What is it for?"). Nothing heard is not unfinished."""
+    colon, dash or ellipsis, or on a word a phrase does not end on ("a table for", "call my",
+    "I was"). Speech recognition closes fragments with a period or, after "Can you ...", a
+    question mark, so those do not count, except a preposition ending a wh-question ("Where
+    are you from?") and a question ending on a verb or pronoun ("Is it?"). Nothing heard is not
+    unfinished."""
     stripped = text.strip()
     if not stripped:
         return False
     if stripped.endswith(("...", "…", ",", ":", ";", "-", "–", "—")):
         return True
-    if stripped.endswith("?"):
-        return False
-    last = stripped.split()[-1].strip(".!\"'”’)(").lower()
-    return last in _HANGING_WORDS
+    words = [w.strip(".!?,\"'”’)(").lower() for w in stripped.split()]
+    last, first, asked = words[-1], words[0], stripped.endswith("?")
+    if last in _NEVER_LAST:
+        return True
+    if last in _PREPOSITIONS:
+        return not (asked and first in _WH_WORDS)
+    return last in _RARELY_LAST and not asked
 
 
 def _pause_ms(agent: Agent) -> int | None:

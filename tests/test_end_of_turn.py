@@ -32,6 +32,12 @@ RATE = 16000
         ("My number is four five six and", True),
         ("Um", True),
         ("So...", True),
+        ("Can you tell me how to get to?", True),  # whisper's question mark on a fragment
+        ("Can you remind me to call my?", True),
+        ("I'm looking for a hotel near.", True),
+        ("Where are you from?", False),
+        ("Is it?", False),
+        ("I think it was", True),
         ("What is it for?", False),
         ("What time do you open tomorrow?", False),
         ("Four people tonight.", False),
