@@ -535,6 +535,11 @@ class Conversation:
             self._tentative = None
         del self.session.history[tentative.history_length :]
         self.withdrawn += 1
+        log.info(
+            "turn %d withdrawn: the user went on after a pause (%d so far)",
+            tentative.record.index,
+            self.withdrawn,
+        )
 
     async def _answer(
         self, record: TurnRecord, utterance: Utterance, tentative: _Tentative | None
