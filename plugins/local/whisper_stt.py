@@ -2,7 +2,7 @@
 
 The model directory comes from the wheel and is handed to `faster_whisper.WhisperModel` as a
 path, so nothing is downloaded (works with HF_HUB_OFFLINE=1 and no network). The model is loaded
-once per process (int8 on the CPU, 2 threads by default) and shared by every `WhisperSTT`.
+once per process (int8 on the CPU, 1 thread by default) and shared by every `WhisperSTT`.
 
 Two ways to decode one utterance (`window=`):
 
@@ -183,15 +183,20 @@ class WhisperSTT:
     happens on first use, or call it early (blocking) to pay the cost up front.
 
     `window="short"` (default) decodes an utterance of up to ~27 s in a window of its own length
-    plus at least 3 s of silence, and never less than 10 s: with tiny.en, 2 threads, a 1–3 s
-    utterance takes ~100–150 ms instead of ~400 ms, with the same word error rate. Output that
-    looks degenerate is decoded again on the full path (about 1.3 times today's cost for that
-    utterance, never a worse transcript). Longer utterances go straight to the full path.
-    `window="full"` is faster-whisper's own 30 s window for every utterance: ~350 ms of encoder
-    alone on this model, whatever the utterance's length.
+    plus at least 3 s of silence, and never less than 10 s. Over the test lines (0.5–9 s) the
+    time from PCM to text was a median of ~125–170 ms against ~510–620 ms on the full path (this
+    2-core machine, shared, load 1–3), with a word error rate no worse (4.8% against 6.5% over
+    198 utterances). Output that looks degenerate is decoded again on the full path (about 1.25
+    times the full path's cost for that utterance, never a worse transcript); that happened to
+    1 utterance in 198. Longer utterances go straight to the full path. `window="full"` is
+    faster-whisper's own 30 s window for every utterance: ~350 ms of encoder alone on tiny.en,
+    however short the utterance.
 
-    `cpu_threads`: CTranslate2's threads for this model. On 2 cores shared with an LLM and a TTS
-    engine, 2 threads was still faster than 1 for the short path (see bench.stt_latency).
+    `cpu_threads` (CTranslate2's threads for this model) defaults to 1: on 2 cores shared with
+    the LLM and the TTS engine, the short path was as fast or faster with 1 thread as with 2 in
+    every run measured (median 126–174 ms against 143–178 ms): the decoder's steps are too small
+    to share, and the second thread only helps the encoder when a core is idle. It also leaves
+    the other core to the LLM and TTS. The full path gains a little from 2 threads at times.
     """
 
     _models: ClassVar[dict[tuple[str, str, int], Any]] = {}
@@ -205,7 +210,7 @@ class WhisperSTT:
         language: str = "en",
         beam_size: int = 1,
         compute_type: str = "int8",
-        cpu_threads: int = 2,
+        cpu_threads: int = 1,
         window: Window = "short",
         progress: Callable[[str], None] | None = None,
     ) -> None:
