@@ -39,6 +39,7 @@ __all__ = [
     "FRAMES_PER_SECOND",
     "FULL_WINDOW_FRAMES",
     "SHORT_WINDOW_FRAMES",
+    "TRAILING_SILENCE_FRAMES",
     "WHISPER_SAMPLE_RATE",
     "Recognition",
     "WhisperSTT",
