@@ -59,6 +59,8 @@ needs_engines = pytest.mark.skipif(
         ("Okay.", 0.5, {"reached_token_limit": True}, "no end token"),
         ("Okay.", 0.5, {"avg_logprob": -1.3}, "average log probability"),
         ("Okay.", 0.5, {"avg_logprob": -0.8}, None),
+        ("you", 1.0, {"no_speech_prob": 0.99}, "no-speech probability"),
+        ("Yes.", 0.5, {"no_speech_prob": 0.4}, None),
         ("la-la-la-la-la-la-la-la-la-la-la-la-la-la-la-la-la-la-la-la-la", 9.0, {}, "repeats"),
         ("ab" * 40, 9.0, {}, "compression ratio"),
     ],
@@ -179,13 +181,23 @@ def test_an_utterance_too_long_for_a_short_window_is_left_to_the_full_path() -> 
 
 @needs_engines
 @pytest.mark.engines
+def test_silence_is_not_heard_as_a_word(whisper_stt: WhisperSTT) -> None:
+    # In a short window padded the way OpenAI's whisper pads, tiny.en hears "you" in silence
+    # (and says it is confident); its no-speech probability sends it to the full path.
+    heard = whisper_stt.recognize(bytes(2 * RATE), RATE)
+    assert heard.text == ""
+    assert heard.fallback is not None and "no-speech" in heard.fallback
+
+
+@needs_engines
+@pytest.mark.engines
 def test_a_degenerate_short_decode_falls_back_to_the_full_path(
     heard: list[Heard], whisper_stt: WhisperSTT, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     line = next(h for h in heard if h.text == "Could you repeat that more slowly?")
 
     def looping(_model: Any, _samples: Any, _seconds: float) -> _ShortAttempt:
-        return _ShortAttempt("Could you? Could you? Could you?", 1000, True, -0.1)
+        return _ShortAttempt("Could you? Could you? Could you?", 1000, True, -0.1, 0.01)
 
     monkeypatch.setattr(whisper_stt, "_decode_short", looping)
     result = whisper_stt.recognize(line.pcm, RATE)

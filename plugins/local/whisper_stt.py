@@ -75,9 +75,13 @@ WORD_SLACK = 3
 COMPRESSION_RATIO_THRESHOLD = 2.4
 LOG_PROB_THRESHOLD = -1.0
 """The two thresholds above which faster-whisper itself retries at a higher temperature."""
+NO_SPEECH_THRESHOLD = 0.6
+"""faster-whisper drops a window whose <|nospeech|> probability is above this (when its text
+is also doubtful); the short path leaves any such utterance to the full path."""
 
 _MAX_NEW_TOKENS = 224  # CTranslate2 generates at most max_length // 2 tokens; faster-whisper: 448
 _WORD = re.compile(r"[\w']+")
+_SILENT_FRAME = (-10.0 + 4.0) / 4.0  # a frame of digital silence, log10(1e-10) normalized
 
 
 def bundled_model_dir() -> Path:
@@ -114,14 +118,16 @@ def degenerate_reason(
     *,
     reached_token_limit: bool = False,
     avg_logprob: float = 0.0,
+    no_speech_prob: float = 0.0,
 ) -> str | None:
     """Why a short-window transcript should not be trusted, or None when it looks sound.
 
     Flagged: the decoder never wrote its end token (`reached_token_limit`); no words; a word or
     phrase immediately repeated; more words than anyone says in `audio_seconds`; text that
     compresses like a loop (gzip ratio > 2.4) or was written with low confidence (average log
-    probability < -1.0), faster-whisper's own two retry triggers. An utterance that really
-    contains "no, no" is flagged too: that costs one decode on the full path, never accuracy.
+    probability < -1.0), faster-whisper's own two retry triggers; a window the model thinks
+    holds no speech (whisper's classic "you" on silence). An utterance that really contains
+    "no, no" is flagged too: that costs one decode on the full path, never accuracy.
     """
     if reached_token_limit:
         return "no end token within the token budget"
@@ -138,6 +144,8 @@ def degenerate_reason(
         return f"compression ratio {ratio:.2f} > {COMPRESSION_RATIO_THRESHOLD}"
     if avg_logprob < LOG_PROB_THRESHOLD:
         return f"average log probability {avg_logprob:.2f} < {LOG_PROB_THRESHOLD}"
+    if no_speech_prob > NO_SPEECH_THRESHOLD:
+        return f"no-speech probability {no_speech_prob:.2f} > {NO_SPEECH_THRESHOLD}"
     return None
 
 
@@ -165,6 +173,7 @@ class _ShortAttempt:
     frames: int
     reached_token_limit: bool
     avg_logprob: float
+    no_speech_prob: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -350,6 +359,7 @@ class WhisperSTT:
                     audio_seconds,
                     reached_token_limit=attempt.reached_token_limit,
                     avg_logprob=attempt.avg_logprob,
+                    no_speech_prob=attempt.no_speech_prob,
                 )
                 if fallback is None:
                     return Recognition(
@@ -386,18 +396,19 @@ class WhisperSTT:
         """One greedy pass over a short window, or None when the utterance needs the full one.
 
         The frames after the speech are the log-mel floor (the spectrogram's maximum minus 8,
-        normalized): what OpenAI's whisper sees after speech, since it pads the audio with
-        zeros before the spectrogram. faster-whisper pads the normalized features with 0.0
-        instead, a level the model reads as faint sound rather than silence; in a short window
-        that sends tiny.en into loops ("What color is grass? What color is grass? ...").
+        or digital silence if that is higher, normalized): what OpenAI's whisper sees after
+        speech, since it pads the audio with zeros before the spectrogram. faster-whisper pads
+        the normalized features with 0.0 instead, a level the model reads as faint sound rather
+        than silence; in a short window that sends tiny.en into loops ("What color is grass?
+        What color is grass? ...").
         """
         features = model.feature_extractor(samples)
         features = features[:, :-1]  # as transcribe(): the last frame is not content
         n_frames = int(features.shape[1])
         frames = max(SHORT_WINDOW_FRAMES, n_frames + TRAILING_SILENCE_FRAMES)
-        if frames > FULL_WINDOW_FRAMES:
+        if n_frames == 0 or frames > FULL_WINDOW_FRAMES:
             return None
-        floor = float(features.max()) - 2.0
+        floor = max(float(features.max()) - 2.0, _SILENT_FRAME)
         window = np.full((features.shape[0], frames), floor, dtype=np.float32)
         window[:, :n_frames] = features
         decoding = self._decoding(model)
@@ -411,6 +422,7 @@ class WhisperSTT:
             length_penalty=1,
             max_length=2 * budget,  # CTranslate2 writes at most max_length // 2 tokens
             return_scores=True,
+            return_no_speech_prob=True,
             suppress_blank=True,
             suppress_tokens=decoding.suppress_tokens,
         )[0]
@@ -423,6 +435,7 @@ class WhisperSTT:
             frames=frames,
             reached_token_limit=len(result.sequences_ids[0]) >= budget,
             avg_logprob=avg_logprob,
+            no_speech_prob=float(result.no_speech_prob),
         )
 
     async def transcribe(self, pcm: bytes, sample_rate: int) -> Transcript:
