@@ -204,9 +204,10 @@ class WhisperSTT:
 
     `cpu_threads` (CTranslate2's threads for this model) defaults to 1: on 2 cores shared with
     the LLM and the TTS engine, the short path was as fast or faster with 1 thread as with 2 in
-    every run measured (median 126–174 ms against 143–178 ms): the decoder's steps are too small
-    to share, and the second thread only helps the encoder when a core is idle. It also leaves
-    the other core to the LLM and TTS. The full path gains a little from 2 threads at times.
+    every run measured (median 126–174 ms against 143–178 ms): the decoder's token steps (~4–6
+    ms each here) gained nothing from a second thread, and the encoder only gains when a core is
+    idle. It also leaves the other core to the LLM and TTS. The full path gains a little from 2
+    threads at times.
     """
 
     _models: ClassVar[dict[tuple[str, str, int], Any]] = {}
