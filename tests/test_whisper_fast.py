@@ -27,10 +27,12 @@ from tests.stt_lines import LONG_LINE, USER_LINES
 from tests.textmetrics import wer
 
 RATE = 16000
-WER_MARGIN = 0.04
-"""How much worse the short path's mean WER may be than the full path's on the same audio: one
-word of a short line. piper speaks each line a little differently every run, and either path
-sometimes mishears a word the other gets ("Paris" / "and prayers")."""
+WER_MARGIN = 0.05
+"""How much worse the short path's mean WER may be than the full path's on the same audio.
+piper speaks each line a little differently every run, and either path sometimes mishears a
+word the other gets ("Paris" / "and prayers"): over 16 runs of these lines the short path's
+mean was 0 to 0.033 above the full path's (+0.005 on average), one word of a short line being
+0.017."""
 
 needs_engines = pytest.mark.skipif(
     find_spec("piper") is None or find_spec("faster_whisper") is None,
