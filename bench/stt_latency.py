@@ -114,8 +114,9 @@ def main() -> None:
                 "<= full + 2 pt" if short else "",
                 verdict(path["mean_wer"], full_wer + 0.02) if short else "",
             ),
-            (f"{name}: fell back to full", f"{path['fallbacks']}/{len(lines)}", "", ""),
         ]
+        if short:
+            rows.append((f"{name}: fell back to full", f"{path['fallbacks']}/{len(lines)}", "", ""))
     seconds = data["audio_seconds"]
     print_table(
         f"STT end of turn -> transcript, whisper tiny.en int8, {len(lines)} lines of "

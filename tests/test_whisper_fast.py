@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from importlib.util import find_spec
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,7 +14,9 @@ import pytest
 from agent.app.user_voice import synthesize_user_line
 from plugins.local.whisper_stt import (
     FRAMES_PER_SECOND,
+    FULL_WINDOW_FRAMES,
     SHORT_WINDOW_FRAMES,
+    TRAILING_SILENCE_FRAMES,
     Recognition,
     WhisperSTT,
     _ShortAttempt,
@@ -24,10 +27,12 @@ from tests.stt_lines import LONG_LINE, USER_LINES
 from tests.textmetrics import wer
 
 RATE = 16000
-WER_MARGIN = 0.04
-"""How much worse the short path's mean WER may be than the full path's on the same audio: one
-word of a short line. piper speaks each line a little differently every run, and either path
-sometimes mishears a word the other gets ("Paris" / "and prayers")."""
+WER_MARGIN = 0.05
+"""How much worse the short path's mean WER may be than the full path's on the same audio.
+piper speaks each line a little differently every run, and either path sometimes mishears a
+word the other gets ("Paris" / "and prayers"): over 16 runs of these lines the short path's
+mean was 0 to 0.033 above the full path's (+0.005 on average), one word of a short line being
+0.017."""
 
 needs_engines = pytest.mark.skipif(
     find_spec("piper") is None or find_spec("faster_whisper") is None,
@@ -56,6 +61,8 @@ needs_engines = pytest.mark.skipif(
         ("Okay.", 0.5, {"reached_token_limit": True}, "no end token"),
         ("Okay.", 0.5, {"avg_logprob": -1.3}, "average log probability"),
         ("Okay.", 0.5, {"avg_logprob": -0.8}, None),
+        ("you", 1.0, {"no_speech_prob": 0.99}, "no-speech probability"),
+        ("Yes.", 0.5, {"no_speech_prob": 0.4}, None),
         ("la-la-la-la-la-la-la-la-la-la-la-la-la-la-la-la-la-la-la-la-la", 9.0, {}, "repeats"),
         ("ab" * 40, 9.0, {}, "compression ratio"),
     ],
@@ -154,17 +161,34 @@ def test_an_utterance_longer_than_the_window_is_heard_whole(
     assert wer(LONG_LINE, heard.text) < 0.1
 
 
+class _FramesOnly:
+    """A stand-in model whose spectrogram has `frames` frames, and which may not encode."""
+
+    def __init__(self, frames: int) -> None:
+        self.frames = frames
+
+    def feature_extractor(self, _samples: Any) -> np.ndarray:
+        return np.zeros((80, self.frames + 1), dtype=np.float32)
+
+    def encode(self, _window: Any) -> Any:
+        raise AssertionError("the short path should not have run")
+
+
+def test_an_utterance_too_long_for_a_short_window_is_left_to_the_full_path() -> None:
+    stt = WhisperSTT(model_dir=Path("/nonexistent"))
+    samples = np.zeros(16000, dtype=np.float32)
+    frames = FULL_WINDOW_FRAMES - TRAILING_SILENCE_FRAMES + 1  # 27 s of speech and a bit
+    assert stt._decode_short(_FramesOnly(frames), samples, frames / FRAMES_PER_SECOND) is None
+
+
 @needs_engines
 @pytest.mark.engines
-def test_an_utterance_longer_than_30_seconds_takes_the_full_path(
-    heard: list[Heard], whisper_stt: WhisperSTT
-) -> None:
-    pcm = b"".join(h.pcm for h in heard)  # ~40 s
-    said = " ".join(h.text for h in heard)
-    result = whisper_stt.recognize(pcm, RATE)
-    assert result.audio_seconds > 30
-    assert result.window == "full" and result.fallback is None and result.frames == 0
-    assert wer(said, result.text) < 0.15
+def test_silence_is_not_heard_as_a_word(whisper_stt: WhisperSTT) -> None:
+    # In a short window padded the way OpenAI's whisper pads, tiny.en hears "you" in silence
+    # (and says it is confident); its no-speech probability sends it to the full path.
+    heard = whisper_stt.recognize(bytes(2 * RATE), RATE)
+    assert heard.text == ""
+    assert heard.fallback is not None and "no-speech" in heard.fallback
 
 
 @needs_engines
@@ -175,13 +199,11 @@ def test_a_degenerate_short_decode_falls_back_to_the_full_path(
     line = next(h for h in heard if h.text == "Could you repeat that more slowly?")
 
     def looping(_model: Any, _samples: Any, _seconds: float) -> _ShortAttempt:
-        return _ShortAttempt("Could you? Could you? Could you?", 1000, True, -0.1)
+        return _ShortAttempt("Could you? Could you? Could you?", 1000, True, -0.1, 0.01)
 
     monkeypatch.setattr(whisper_stt, "_decode_short", looping)
     result = whisper_stt.recognize(line.pcm, RATE)
     assert result.window == "full"
     assert result.fallback is not None and "end token" in result.fallback
     assert result.text == line.full.text
-    transcript = whisper_stt.transcribe_sync(line.pcm, RATE)
-    assert transcript.text == line.full.text
-    assert transcript.compute_seconds > 0
+    assert result.compute_seconds > 0

@@ -2,7 +2,7 @@
 
 The model directory comes from the wheel and is handed to `faster_whisper.WhisperModel` as a
 path, so nothing is downloaded (works with HF_HUB_OFFLINE=1 and no network). The model is loaded
-once per process (int8 on the CPU, 2 threads by default) and shared by every `WhisperSTT`.
+once per process (int8 on the CPU, 1 thread by default) and shared by every `WhisperSTT`.
 
 Two ways to decode one utterance (`window=`):
 
@@ -39,6 +39,7 @@ __all__ = [
     "FRAMES_PER_SECOND",
     "FULL_WINDOW_FRAMES",
     "SHORT_WINDOW_FRAMES",
+    "TRAILING_SILENCE_FRAMES",
     "WHISPER_SAMPLE_RATE",
     "Recognition",
     "WhisperSTT",
@@ -74,9 +75,13 @@ WORD_SLACK = 3
 COMPRESSION_RATIO_THRESHOLD = 2.4
 LOG_PROB_THRESHOLD = -1.0
 """The two thresholds above which faster-whisper itself retries at a higher temperature."""
+NO_SPEECH_THRESHOLD = 0.6
+"""faster-whisper drops a window whose <|nospeech|> probability is above this (when its text
+is also doubtful); the short path leaves any such utterance to the full path."""
 
 _MAX_NEW_TOKENS = 224  # CTranslate2 generates at most max_length // 2 tokens; faster-whisper: 448
 _WORD = re.compile(r"[\w']+")
+_SILENT_FRAME = (-10.0 + 4.0) / 4.0  # a frame of digital silence, log10(1e-10) normalized
 
 
 def bundled_model_dir() -> Path:
@@ -113,14 +118,16 @@ def degenerate_reason(
     *,
     reached_token_limit: bool = False,
     avg_logprob: float = 0.0,
+    no_speech_prob: float = 0.0,
 ) -> str | None:
     """Why a short-window transcript should not be trusted, or None when it looks sound.
 
     Flagged: the decoder never wrote its end token (`reached_token_limit`); no words; a word or
     phrase immediately repeated; more words than anyone says in `audio_seconds`; text that
     compresses like a loop (gzip ratio > 2.4) or was written with low confidence (average log
-    probability < -1.0), faster-whisper's own two retry triggers. An utterance that really
-    contains "no, no" is flagged too: that costs one decode on the full path, never accuracy.
+    probability < -1.0), faster-whisper's own two retry triggers; a window the model thinks
+    holds no speech (whisper's classic "you" on silence). An utterance that really contains
+    "no, no" is flagged too: that costs one decode on the full path, never accuracy.
     """
     if reached_token_limit:
         return "no end token within the token budget"
@@ -137,6 +144,8 @@ def degenerate_reason(
         return f"compression ratio {ratio:.2f} > {COMPRESSION_RATIO_THRESHOLD}"
     if avg_logprob < LOG_PROB_THRESHOLD:
         return f"average log probability {avg_logprob:.2f} < {LOG_PROB_THRESHOLD}"
+    if no_speech_prob > NO_SPEECH_THRESHOLD:
+        return f"no-speech probability {no_speech_prob:.2f} > {NO_SPEECH_THRESHOLD}"
     return None
 
 
@@ -164,6 +173,7 @@ class _ShortAttempt:
     frames: int
     reached_token_limit: bool
     avg_logprob: float
+    no_speech_prob: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,15 +193,21 @@ class WhisperSTT:
     happens on first use, or call it early (blocking) to pay the cost up front.
 
     `window="short"` (default) decodes an utterance of up to ~27 s in a window of its own length
-    plus at least 3 s of silence, and never less than 10 s: with tiny.en, 2 threads, a 1–3 s
-    utterance takes ~100–150 ms instead of ~400 ms, with the same word error rate. Output that
-    looks degenerate is decoded again on the full path (about 1.3 times today's cost for that
-    utterance, never a worse transcript). Longer utterances go straight to the full path.
-    `window="full"` is faster-whisper's own 30 s window for every utterance: ~350 ms of encoder
-    alone on this model, whatever the utterance's length.
+    plus at least 3 s of silence, and never less than 10 s. Over the test lines (0.5–9 s) the
+    time from PCM to text was a median of ~125–170 ms against ~510–620 ms on the full path (this
+    2-core machine, shared, load 1–3), with a word error rate no worse (4.8% against 6.5% over
+    198 utterances). Output that looks degenerate is decoded again on the full path (about 1.25
+    times the full path's cost for that utterance, never a worse transcript); that happened to
+    1 utterance in 198. Longer utterances go straight to the full path. `window="full"` is
+    faster-whisper's own 30 s window for every utterance: ~350 ms of encoder alone on tiny.en,
+    however short the utterance.
 
-    `cpu_threads`: CTranslate2's threads for this model. On 2 cores shared with an LLM and a TTS
-    engine, 2 threads was still faster than 1 for the short path (see bench.stt_latency).
+    `cpu_threads` (CTranslate2's threads for this model) defaults to 1: on 2 cores shared with
+    the LLM and the TTS engine, the short path was as fast or faster with 1 thread as with 2 in
+    every run measured (median 126–174 ms against 143–178 ms): the decoder's token steps (~4–6
+    ms each here) gained nothing from a second thread, and the encoder only gains when a core is
+    idle. It also leaves the other core to the LLM and TTS. The full path gains a little from 2
+    threads at times.
     """
 
     _models: ClassVar[dict[tuple[str, str, int], Any]] = {}
@@ -205,7 +221,7 @@ class WhisperSTT:
         language: str = "en",
         beam_size: int = 1,
         compute_type: str = "int8",
-        cpu_threads: int = 2,
+        cpu_threads: int = 1,
         window: Window = "short",
         progress: Callable[[str], None] | None = None,
     ) -> None:
@@ -344,6 +360,7 @@ class WhisperSTT:
                     audio_seconds,
                     reached_token_limit=attempt.reached_token_limit,
                     avg_logprob=attempt.avg_logprob,
+                    no_speech_prob=attempt.no_speech_prob,
                 )
                 if fallback is None:
                     return Recognition(
@@ -380,18 +397,19 @@ class WhisperSTT:
         """One greedy pass over a short window, or None when the utterance needs the full one.
 
         The frames after the speech are the log-mel floor (the spectrogram's maximum minus 8,
-        normalized): what OpenAI's whisper sees after speech, since it pads the audio with
-        zeros before the spectrogram. faster-whisper pads the normalized features with 0.0
-        instead, a level the model reads as faint sound rather than silence; in a short window
-        that sends tiny.en into loops ("What color is grass? What color is grass? ...").
+        or digital silence if that is higher, normalized): what OpenAI's whisper sees after
+        speech, since it pads the audio with zeros before the spectrogram. faster-whisper pads
+        the normalized features with 0.0 instead, a level the model reads as faint sound rather
+        than silence; in a short window that sends tiny.en into loops ("What color is grass?
+        What color is grass? ...").
         """
         features = model.feature_extractor(samples)
         features = features[:, :-1]  # as transcribe(): the last frame is not content
         n_frames = int(features.shape[1])
         frames = max(SHORT_WINDOW_FRAMES, n_frames + TRAILING_SILENCE_FRAMES)
-        if frames > FULL_WINDOW_FRAMES:
+        if n_frames == 0 or frames > FULL_WINDOW_FRAMES:
             return None
-        floor = float(features.max()) - 2.0
+        floor = max(float(features.max()) - 2.0, _SILENT_FRAME)
         window = np.full((features.shape[0], frames), floor, dtype=np.float32)
         window[:, :n_frames] = features
         decoding = self._decoding(model)
@@ -405,6 +423,7 @@ class WhisperSTT:
             length_penalty=1,
             max_length=2 * budget,  # CTranslate2 writes at most max_length // 2 tokens
             return_scores=True,
+            return_no_speech_prob=True,
             suppress_blank=True,
             suppress_tokens=decoding.suppress_tokens,
         )[0]
@@ -417,6 +436,7 @@ class WhisperSTT:
             frames=frames,
             reached_token_limit=len(result.sequences_ids[0]) >= budget,
             avg_logprob=avg_logprob,
+            no_speech_prob=float(result.no_speech_prob),
         )
 
     async def transcribe(self, pcm: bytes, sample_rate: int) -> Transcript:
