@@ -244,7 +244,7 @@ class Session:
             for piece in text.chunker.push(chunk.text):
                 await self._send(stream, piece, record, text.spoken)
                 text.unflushed = True
-                if text.clause_pending and _ends_clause(text.spoken):
+                if text.clause_pending and _ends_clause(text.spoken, FIRST_CLAUSE_MAX_WORDS):
                     text.clause_pending = False
                     await stream.flush()  # the first clause: the TTS speaks it now
                     text.unflushed = False
@@ -430,9 +430,17 @@ _CLAUSE_END = frozenset(".!?…,;:")
 _SENTENCE_END = frozenset(".!?…")
 
 
-def _ends_clause(spoken: list[str]) -> bool:
+#: The first clause is flushed at its end, or once this many words have gone without one (a
+#: model that writes long sentences slowly would otherwise keep the voice waiting).
+FIRST_CLAUSE_MAX_WORDS = 6
+
+
+def _ends_clause(spoken: list[str], max_words: int) -> bool:
     """The text sent so far ends a clause worth speaking alone: a sentence ("Sure! ", "It is
-    blue. "), or two words or more before a comma, semicolon or colon ("Well, " is too short)."""
+    blue. "), two words or more before a comma, semicolon or colon ("Well, " is too short), or
+    ``max_words`` words without either."""
+    if len("".join(spoken).split()) >= max_words:
+        return True
     last = spoken[-1].rstrip().rstrip("\"')]}”’»")
     if not last or last[-1] not in _CLAUSE_END:
         return False

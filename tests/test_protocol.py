@@ -415,15 +415,24 @@ def test_first_clause_is_released_at_once_then_the_schedule_runs_from_its_start(
 def test_first_clause_skips_abbreviations_and_is_dropped_by_close_context() -> None:
     server = make_server(multi=True, first_clause=True)
     send(server, {"text": " ", "context_id": "a"})
-    assert synthesized(send(server, {"text": "Well, you see Dr. ", "context_id": "a"})) == []
-    events = send(server, {"text": "Smith at 3. Then ", "context_id": "a"})
-    assert synthesized(events) == []  # "Well," is one word; "Dr." and "3." end nothing
-    events = send(server, {"text": "it rains. More ", "context_id": "a"})
-    assert synthesized(events) == ["Well, you see Dr. Smith at 3. Then it rains. "]
+    assert synthesized(send(server, {"text": "Dr. ", "context_id": "a"})) == []
+    assert synthesized(send(server, {"text": "Smith at 3. ", "context_id": "a"})) == []
+    assert synthesized(send(server, {"text": "Then, it ", "context_id": "a"})) == [
+        "Dr. Smith at 3. Then, "
+    ]  # "Dr." and "3." end nothing; the comma does
     send(server, {"text": " ", "context_id": "b"})
     assert synthesized(send(server, {"text": "I would like ", "context_id": "b"})) == []
     events = send(server, {"context_id": "b", "close_context": True})
     assert synthesized(events) == []  # not flushed, never released: dropped with the context
+
+
+def test_first_clause_without_punctuation_goes_after_six_words() -> None:
+    server = make_server(first_clause=True)
+    send(server, {"text": " "})
+    assert synthesized(send(server, {"text": "The museum opens at nine "})) == []
+    assert synthesized(send(server, {"text": "tomorrow morning "})) == [
+        "The museum opens at nine tomorrow "
+    ]
 
 
 def test_without_first_clause_a_short_clause_waits_for_the_schedule() -> None:

@@ -16,10 +16,10 @@ Pure string logic used by `ServerProtocol`:
 - first_clause (a local-server extension, off unless the server asks for it): before the
   schedule's first chunk is due, the context's first clause is released as soon as it is
   complete: two words or more ending in sentence or clause punctuation followed by whitespace
-  ("The sky is blue. ", "Well, you see, "). It is an extra chunk: the schedule then starts at
-  its first value. The voice starts a clause after the first token instead of 50 characters,
-  and, being released rather than flushed, the clause is dropped by a close_context like any
-  scheduled chunk (barge-in costs nothing).
+  ("The sky is blue. ", "Well, you see, "), or its first six words, whichever comes first. It
+  is an extra chunk: the schedule then starts at its first value. The voice starts a clause
+  after the first token instead of 50 characters, and, being released rather than flushed, the
+  clause is dropped by a close_context like any scheduled chunk (barge-in costs nothing).
 - auto_mode: the schedule is ignored; a chunk is released at every complete sentence: sentence
   punctuation followed by whitespace, or a multi-character piece that itself ends with sentence
   punctuation (a client sending whole sentences). Without a sentence end, text is released at a
@@ -175,9 +175,24 @@ class TextBuffer:
 _ABBREVIATIONS = frozenset({"mr", "mrs", "ms", "dr", "prof", "st", "vs", "e.g", "i.e", "etc"})
 
 
+#: Without a clause end, the first chunk goes once this many words are complete.
+FIRST_CLAUSE_MAX_WORDS = 6
+_WORD_END = re.compile(r"\S\s+")
+
+
 def _first_clause_end(text: str) -> int:
-    """End of the first clause of two words or more in `text` (0: none complete yet). A period
+    """End of the first clause of two words or more in `text`, or of its first
+    FIRST_CLAUSE_MAX_WORDS words if that comes sooner (0: neither is complete yet). A period
     after an abbreviation, an initial or a number ("Dr. ", "J. ", "3. ") ends nothing."""
+    word_ends = [m.end() for m in _WORD_END.finditer(text)]
+    limit = word_ends[FIRST_CLAUSE_MAX_WORDS - 1] if len(word_ends) >= FIRST_CLAUSE_MAX_WORDS else 0
+    clause = _clause_end(text)
+    if clause and limit:
+        return min(clause, limit)
+    return clause or limit
+
+
+def _clause_end(text: str) -> int:
     for match in _ANY_BOUNDARY.finditer(text):
         words = text[: match.start()].split()
         if len(words) < 2:
