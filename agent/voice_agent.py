@@ -232,7 +232,7 @@ class Conversation:
         self.device_error: AudioDeviceError | None = None
         self.vad_seconds = 0.0  # CPU time in echo guard + VAD, for the benchmark
         self.events_dropped = 0
-        self.withdrawn = 0  # tentative turns withdrawn because the user went on
+        self.withdrawn = 0  # tentative turns dropped uncommitted (the user went on, mostly)
         self._events_in, self._events_out = anyio.create_memory_object_stream[Event](EVENT_BUFFER)
         self._turns_in: MemoryObjectSendStream[tuple[TurnRecord, Utterance]]
         self._turns_out: MemoryObjectReceiveStream[tuple[TurnRecord, Utterance]]
@@ -536,7 +536,8 @@ class Conversation:
         del self.session.history[tentative.history_length :]
         self.withdrawn += 1
         log.info(
-            "turn %d withdrawn: the user went on after a pause (%d so far)",
+            "tentative turn %d dropped uncommitted: the user went on, or it ended early "
+            "(%d so far)",
             tentative.record.index,
             self.withdrawn,
         )
