@@ -376,12 +376,7 @@ async def run_call(
             if message is None:
                 end("caller closed the socket")
                 return
-            events = (
-                protocol.receive_text(message, now)
-                if isinstance(message, str)
-                else protocol.receive_binary(message, now)
-            )
-            for event in events:
+            for event in protocol.receive(message, now):
                 if isinstance(event, MediaReceived):
                     rec.frames_in += 1
                     frame = AudioFrame(ulaw_decode(event.payload), SAMPLE_RATE)

@@ -174,6 +174,13 @@ class CallResult:
     violations: list[str] = field(default_factory=list)
     timeline: list[tuple[float, str]] = field(default_factory=list)
 
+    def bot_media_at(self, t: float, last_clear: float | None) -> None:
+        """Count a bot media frame received at ``t`` (and whether it came right after a clear)."""
+        self.media_in += 1
+        self.media_times.append(t)
+        if last_clear is not None and t - last_clear < 0.1:
+            self.media_after_clear += 1
+
     def write_wav(self, path: str | Path) -> Path:
         """Stereo WAV, 8 kHz: caller left, bot right."""
         return write_stereo_wav(path, self.caller_pcm, self.bot_pcm, SAMPLE_RATE)
@@ -294,17 +301,9 @@ async def stream_call(url: str, parameters: dict[str, str], script: CallScript) 
             try:
                 async for message in ws:
                     t = now()
-                    events = (
-                        proto.receive_text(message, t)
-                        if isinstance(message, str)
-                        else proto.receive_binary(bytes(message), t)
-                    )
-                    for event in events:
+                    for event in proto.receive(message, t):
                         if isinstance(event, BotMedia):
-                            result.media_in += 1
-                            result.media_times.append(t)
-                            if last_clear is not None and t - last_clear < 0.1:
-                                result.media_after_clear += 1
+                            result.bot_media_at(t, last_clear)
                             state.bot_media(t)
                             far.receive_audio(event.payload)
                         elif isinstance(event, BotMark):

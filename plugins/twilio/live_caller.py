@@ -351,17 +351,9 @@ async def live_call(
                 try:
                     async for message in ws:
                         t = now()
-                        events = (
-                            proto.receive_text(message, t)
-                            if isinstance(message, str)
-                            else proto.receive_binary(bytes(message), t)
-                        )
-                        for event in events:
+                        for event in proto.receive(message, t):
                             if isinstance(event, BotMedia):
-                                result.media_in += 1
-                                result.media_times.append(t)
-                                if last_clear is not None and t - last_clear < 0.1:
-                                    result.media_after_clear += 1
+                                result.bot_media_at(t, last_clear)
                                 measure.bot_media(t)
                                 pcm = line.receive_audio(event.payload, speaker.samples_played)
                                 if pcm:

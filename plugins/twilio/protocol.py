@@ -35,7 +35,7 @@ import binascii
 import json
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from agent.errors import ProtocolError
 
@@ -183,8 +183,11 @@ class _Bucket:
         return True
 
 
+_E = TypeVar("_E")
+
+
 @dataclass(slots=True)
-class _Base:
+class _Base(Generic[_E]):
     dialect: Dialect = TWILIO
     limits: Limits = field(default_factory=Limits)
     _out: list[Outgoing] = field(default_factory=list)
@@ -194,6 +197,18 @@ class _Base:
 
     def __post_init__(self) -> None:
         self._messages = _Bucket(self.limits.messages_per_second, self.limits.message_burst)
+
+    def receive_text(self, text: str, now: float) -> list[_E]:
+        raise NotImplementedError
+
+    def receive_binary(self, data: bytes, now: float) -> list[_E]:
+        raise NotImplementedError
+
+    def receive(self, message: str | bytes, now: float) -> list[_E]:
+        """One WebSocket message as it came off the socket: text or binary."""
+        if isinstance(message, str):
+            return self.receive_text(message, now)
+        return self.receive_binary(bytes(message), now)
 
     @property
     def closed(self) -> Close | None:
@@ -269,7 +284,7 @@ def _b64(payload: str) -> bytes | None:
 
 
 @dataclass(slots=True)
-class BotProtocol(_Base):
+class BotProtocol(_Base[BotEvent]):
     """The bot's side of one media stream. See the module docstring for the rules."""
 
     start: StartInfo | None = None
@@ -439,7 +454,7 @@ class BotProtocol(_Base):
 
 
 @dataclass(slots=True)
-class CallerProtocol(_Base):
+class CallerProtocol(_Base[CallerEvent]):
     """Twilio's side of one media stream, for our simulator and tests."""
 
     stream_sid: str = "MZ00000000000000000000000000000000"
