@@ -57,8 +57,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -156,6 +156,40 @@ FAKE_REPLY = (
     "Sure. We open at nine in the morning tomorrow and stay open until six in the evening, "
     "and the kitchen takes orders until half past five."
 )
+
+
+class CpuSplit:
+    """With ``--cpu-split`` (fake mode's default on two or more cores): the bot process keeps
+    CPU 0 to itself, and the processes it starts (the callers, the silent TTS server) run on the
+    others, so "calls per core" is one core's worth, not the bot's share of a machine the callers
+    also load. Linux only; a no-op elsewhere or on one core."""
+
+    def __init__(self, enabled: bool) -> None:
+        cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+        self.enabled = enabled and len(cpus) >= 2
+        self.bot, self.others = set(cpus[:1]), set(cpus[1:])
+        if self.enabled:  # before any worker thread starts: threads inherit it
+            os.sched_setaffinity(0, self.bot)
+
+    @contextmanager
+    def spawning(self) -> Iterator[None]:
+        """Start child processes inside this: a fork inherits the calling thread's CPUs."""
+        if not self.enabled:
+            yield
+            return
+        os.sched_setaffinity(0, self.others)
+        try:
+            yield
+        finally:
+            os.sched_setaffinity(0, self.bot)
+
+    def note(self) -> str:
+        if not self.enabled:
+            return "bot and callers share the machine's cores"
+        return f"bot pinned to CPU {min(self.bot)}, callers and TTS server on the others"
+
+
+CPU_SPLIT = CpuSplit(False)
 
 
 def rss_bytes() -> int:
@@ -328,7 +362,11 @@ async def run_stage(
     async with anyio.create_task_group() as tg:
         tg.start_soon(probe.run, app, stop)
         with anyio.fail_after(rounds * args.max_seconds + args.stagger + 60):
-            done = await anyio.run_process(cmd, check=False)
+            with CPU_SPLIT.spawning():
+                process = await anyio.open_process(cmd)
+            async with process:
+                out, err = await gather_output(process)
+        done = subprocess.CompletedProcess(cmd, process.returncode or 0, out, err)
         with anyio.move_on_after(5):  # the bot's side of the last calls winds down
             await app.wait_idle()
         stop.set()
@@ -339,6 +377,21 @@ async def run_stage(
         callers = {"calls": [], "error": done.stderr.decode()[-2000:]}
     turns = [t for conversation in bot.finished for t in turns_of(conversation)]
     return Stage(n, callers, probe, cpu_s, rss_base, turns, rounds)
+
+
+async def gather_output(process: Any) -> tuple[bytes, bytes]:
+    """A child's whole stdout and stderr, read side by side until it exits."""
+    chunks: dict[str, list[bytes]] = {"out": [], "err": []}
+
+    async def drain(stream: Any, key: str) -> None:
+        async for chunk in stream:
+            chunks[key].append(chunk)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(drain, process.stdout, "out")
+        tg.start_soon(drain, process.stderr, "err")
+    await process.wait()
+    return b"".join(chunks["out"]), b"".join(chunks["err"])
 
 
 def stage_rows(stage: Stage, first_audio_limit: float | None) -> list[Row]:
@@ -447,7 +500,10 @@ async def fake_mode(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     from bench.phone_callers import QUESTIONS
 
     voices = await anyio.to_thread.run_sync(make_voices, folder, list(QUESTIONS[:2]))
-    async with silent_server_process(max_connections=args.max_calls + 10) as tts_url:
+    async with AsyncExitStack() as stack:
+        with CPU_SPLIT.spawning():
+            server = silent_server_process(max_connections=args.max_calls + 10)
+            tts_url = await stack.enter_async_context(server)
         bot = PhoneBot(
             settings=AgentSettings(instructions="You answer the phone."),
             options=bot_options(),
@@ -475,10 +531,14 @@ async def fake_mode(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     if met:
         cpu = met[0].cpu_s / met[0].call_seconds()
         rows.append(("  CPU-bound estimate at that N", f"{1 / cpu:.0f} calls per core", "", ""))
-    print_table(f"phone calls on the framework alone (fake engines); {load_note()}", rows)
+    print_table(
+        f"phone calls on the framework alone (fake engines); {load_note()}; {CPU_SPLIT.note()}",
+        rows,
+    )
     return {
         "mode": "fake",
         "load": load_note(),
+        "cpus": CPU_SPLIT.note(),
         "fakes": "FakeInstantSTT, FakeScriptedLLM (first token 50 ms, a word per 20 ms), "
         "FakeSilentEngine behind bench.silent_server (ulaw_8000)",
         "reply": FAKE_REPLY,
@@ -642,6 +702,13 @@ def main() -> None:
         help="serve through plugins.twilio.server.running_phone_server (Nagle left on)",
     )
     parser.add_argument(
+        "--cpu-split",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the bot on CPU 0 alone, the callers and servers on the other cores (default: on "
+        "in fake mode, off otherwise)",
+    )
+    parser.add_argument(
         "--keep-going", action="store_true", help="measure every N, even after a miss"
     )
     parser.add_argument(
@@ -665,6 +732,9 @@ def main() -> None:
     args.calls = args.calls or defaults[0]
     args.max_calls = args.max_calls or defaults[1]
     args.max_seconds = args.max_seconds or defaults[2]
+    global CPU_SPLIT
+    split = args.mode == "fake" if args.cpu_split is None else args.cpu_split
+    CPU_SPLIT = CpuSplit(split)
     if args.mode == "tone":
         main_tone(args)
         return

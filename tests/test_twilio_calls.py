@@ -251,6 +251,18 @@ async def test_media_before_start_and_no_start_timeout() -> None:
     assert rec.violations == {"media_before_start": 1, "no_start": 1}
 
 
+async def test_the_media_socket_declines_compression() -> None:
+    # Twilio does not compress; a caller offering permessage-deflate gets plain frames, so no
+    # zlib pass per 20 ms frame on either side.
+    async with phone(ToneBot()) as (_app, url):
+        target = await dial(url, CallScript())
+        async with connect(plain_ws_on_loopback(target.url)) as ws:
+            offered = ws.request.headers.get("Sec-WebSocket-Extensions") if ws.request else None
+            assert offered and "permessage-deflate" in offered
+            assert ws.response is not None
+            assert ws.response.headers.get("Sec-WebSocket-Extensions") is None
+
+
 # ---- webhook, security, drain ---------------------------------------------------------------
 
 

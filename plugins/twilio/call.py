@@ -376,7 +376,8 @@ async def run_call(
             if message is None:
                 end("caller closed the socket")
                 return
-            for event in protocol.receive(message, now):
+            events = protocol.receive(message, now)
+            for event in events:
                 if isinstance(event, MediaReceived):
                     rec.frames_in += 1
                     frame = AudioFrame(ulaw_decode(event.payload), SAMPLE_RATE)
@@ -418,7 +419,12 @@ async def run_call(
                     end(event.reason)
                 elif isinstance(event, Violation):
                     on_violation(event)
-            wake()
+            # The writer only has work after an echoed mark (room ahead of the far end), a
+            # reply or close the protocol queued, or the end; not after each caller frame.
+            if protocol.has_data_to_send or done.is_set() or not all(
+                isinstance(e, MediaReceived) for e in events
+            ):
+                wake()
 
     def hang_up(reason: str) -> None:
         end(reason, Close(1000, reason))

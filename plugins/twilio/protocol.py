@@ -215,6 +215,11 @@ class _Base(Generic[_E]):
         """The fatal close, once one was decided (nothing is accepted after it)."""
         return self._closed
 
+    @property
+    def has_data_to_send(self) -> bool:
+        """Whether `data_to_send` would return anything."""
+        return bool(self._out)
+
     def data_to_send(self) -> list[Outgoing]:
         """Text frames to write, in order, then possibly a `Close`; empties the queue."""
         out, self._out = self._out, []
