@@ -84,9 +84,14 @@ class EndOfTurn:
     held (``BargeInRules.think_ahead``), and asks the turn detector if it has one: "complete"
     ends the turn at once. Otherwise the turn ends after ``vad.min_silence_ms`` of silence, or,
     with a turn detector that said "not complete", after ``unsure_silence_ms``.
+
+    ``pause_ms`` (100) counts from the VAD's end of speech (webrtcvad's hangover undone), so it
+    falls about when webrtcvad first hears a frame unvoiced: the earliest moment the words so
+    far can go to speech-to-text, and the transcript is what "complete" waits for. 200 ms made
+    the median end of turn ~90 ms later with no fewer cut-offs (`bench.turn_taking`).
     """
 
-    pause_ms: int = 200
+    pause_ms: int = 100
     unsure_silence_ms: int = 1000
 
     def __post_init__(self) -> None:

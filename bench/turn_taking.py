@@ -25,8 +25,9 @@ synthesis with the clause pause set to the length asked for; see `bench.turn_cor
    `EndOfTurn.unsure_silence_ms` of silence does (``--unsure-ms``, default 1000). The smart
    mode is skipped, saying so, with an `Agent` that does not take ``turn_detector``.
    Targets: cut-off share <= 5 %; median end-of-turn wait on complete lines <= 250 ms.
-2. The model alone: `SmartTurn.predict` on each line cut 200 ms into its pause (should be
-   "incomplete") and 200 ms after its real end (should be "complete"), with its compute time.
+2. The model alone: `SmartTurn.predict` on each line cut 120 ms into its pause (should be
+   "incomplete") and as long after its real end (should be "complete"), with its compute time;
+   120 ms is the default pause plus a frame (`ASK_AFTER_S`).
 
     python -m bench.turn_taking                      # both modes, both renderings
     python -m bench.turn_taking --modes silence-500 silence-300 --styles in-sentence
@@ -58,7 +59,9 @@ from plugins.virtual.transport import VirtualTransport
 CUT_OFF_TARGET = 0.05
 WAIT_TARGET_MS = 250.0
 CUT_TOLERANCE_S = 0.2
-ASK_AFTER_S = 0.2  # the model-only check listens this long into a silence (the pause_ms default)
+ASK_AFTER_S = (EndOfTurn().pause_ms + 20) / 1000
+"""The model-only check listens this long into a silence: the agent's default pause, plus the
+frame or so by which the VAD's end of speech precedes the last voiced frame's end."""
 LEAD_S = 0.5
 GAP_S = 2.0
 BLOCK_MS = 20

@@ -152,7 +152,7 @@ def add_listening_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--pause-ms",
         type=int,
-        default=200,
+        default=EndOfTurn().pause_ms,
         help="the short pause where the agent starts answering (held until your turn ends) "
         "and asks the end-of-turn model (default: %(default)s)",
     )
