@@ -23,12 +23,16 @@ import anyio.to_thread
 
 from agent.app.lifecycle import die_with_parent
 from plugins.elevenlabs.server import ContextTiming, running_server
+from plugins.local import piper_tts
 
 
 async def serve() -> None:
     """Serve until standard input ends."""
     # ElevenLabs' own buffering (the schedule exactly): each framework meets the server as it
     # would meet the service, with its own way of getting a first clause spoken early.
+    # No local LLM runs in this bench (its LLM is scripted), so piper gets both cores, as on a
+    # machine the TTS server has to itself (`voxloop tts-server --threads 2`).
+    piper_tts.CPU_THREADS = 2
     async with running_server(first_clause=False) as server:
         print(json.dumps({"url": server.url}), flush=True)
         told: set[int] = set()  # the contexts already told (a bench opens a few hundred)

@@ -58,6 +58,11 @@ def test_help_lists_every_command() -> None:
         assert command in out.stdout
 
 
+def test_tts_server_refuses_zero_threads() -> None:
+    out = run("tts-server", "--port", "0", "--threads", "0")
+    assert out.returncode == 2 and "--threads must be at least 1" in out.stderr
+
+
 def test_run_without_a_sound_device_explains_instead_of_a_traceback() -> None:
     out = run("run", timeout=60)
     if out.returncode == 0:

@@ -76,6 +76,14 @@ def test_piper_speaks_audible_speech_of_plausible_length(engine: PiperEngine) ->
     assert rms(pcm) > 1000  # clearly audible, not silence or a click
 
 
+def test_piper_runs_on_the_threads_it_was_given(engine: PiperEngine) -> None:
+    # one thread: the other core is llama.cpp's while it writes the answer (bench.thread_sweep)
+    from plugins.local.piper_tts import CPU_THREADS
+
+    options = engine._piper_voice.session.get_session_options()
+    assert (options.intra_op_num_threads, options.inter_op_num_threads) == (CPU_THREADS, 1)
+
+
 def test_piper_yields_one_chunk_per_sentence_in_order(engine: PiperEngine) -> None:
     text = "First sentence here. Second one follows! And a question? "
     chunks, _pcm = speak(engine, text)

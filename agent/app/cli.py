@@ -141,6 +141,13 @@ def cmd_tts_server(args: argparse.Namespace) -> int:
 
     progress = stderr_progress("tts-server")
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
+    if args.threads is not None:
+        if args.threads < 1:
+            print("voxloop tts-server: --threads must be at least 1", file=sys.stderr)
+            return 2
+        from plugins.local import piper_tts
+
+        piper_tts.CPU_THREADS = args.threads  # read when the voice loads, just below
 
     async def main() -> None:
         async with running_server(
@@ -271,6 +278,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="follow chunk_length_schedule exactly, as the ElevenLabs service does (by "
         "default each context's first complete clause is spoken at once)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="piper's CPU threads (default: 1, best when a local LLM shares the cores; 2 is "
+        "faster on a machine this server has to itself)",
     )
     p.set_defaults(handler=cmd_tts_server)
 

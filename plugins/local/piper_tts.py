@@ -42,6 +42,11 @@ MAX_SPEED = 1.2
 
 _DEFAULT_VOICE = "joe"
 _VOICE_ALIASES = {"default": _DEFAULT_VOICE}
+CPU_THREADS = 1
+"""onnxruntime's intra-op threads for a voice. On two cores shared with llama.cpp (writing the
+answer while piper speaks its first clause) one thread made the first piece faster than two:
+148 ms against 198 ms median over 14 demo turns (`bench.thread_sweep`), though two are faster
+on an idle machine (88 ms against 136 ms)."""
 _VOLUME = 0.9  # piper peak-normalizes each sentence; leave headroom for resampling overshoot
 _ENERGY_FRAME_SECONDS = 0.01
 _ENERGY_THRESHOLD = 0.05  # a frame is speech when its RMS exceeds 5% of the loudest frame's
@@ -112,6 +117,17 @@ def _char_weight(char: str) -> float:
     return 0.1
 
 
+def _session(model_path: Path, threads: int) -> Any:
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return onnxruntime.InferenceSession(
+        str(model_path), sess_options=options, providers=["CPUExecutionProvider"]
+    )
+
+
 class PiperEngine:
     """One loaded piper voice. Load with `PiperEngine.load()` (cached per voice, blocking)."""
 
@@ -171,7 +187,9 @@ class PiperEngine:
             )
         progress(f"Loading piper voice {name!r} from {model_path.name} ...")
         started = time.perf_counter()
-        engine = cls(PiperVoice.load(model_path, config_path=config_path), name)
+        voice = PiperVoice.load(model_path, config_path=config_path)
+        voice.session = _session(model_path, CPU_THREADS)  # piper's own has default threads
+        engine = cls(voice, name)
         for _chunk in engine.synthesize("Ready."):  # warm up onnxruntime and espeak-ng
             pass
         progress(
