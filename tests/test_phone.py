@@ -6,7 +6,7 @@ scripted OpenAI-compatible server (a named fake, so the answers and their timing
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,13 @@ from plugins.elevenlabs.server import LocalTTSServer
 from plugins.openai.llm import OpenAILLM
 from plugins.twilio import CallScript, PhoneApp, PhoneConfig, Press, Say, place_call
 from plugins.twilio.server import running_phone_server
-from tests.fakes.scripted_llm import ScriptedChatServer, StreamReply, tokens, tool_call_reply
+from tests.fakes.scripted_llm import (
+    RecordedRequest,
+    ScriptedChatServer,
+    StreamReply,
+    tokens,
+    tool_call_reply,
+)
 from tests.faults.support import eventually
 
 pytestmark = [pytest.mark.anyio, pytest.mark.engines]
@@ -42,7 +48,11 @@ def paced(text: str, delay: float = 0.06) -> StreamReply:
 
 @asynccontextmanager
 async def phone_bot(
-    piper_engine: Any, whisper_stt: Any, replies: list[StreamReply], tmp_path: Path, **kw: Any
+    piper_engine: Any,
+    whisper_stt: Any,
+    replies: list[StreamReply] | Callable[[RecordedRequest], StreamReply],
+    tmp_path: Path,
+    **kw: Any,
 ) -> AsyncIterator[tuple[PhoneBot, str]]:
     async with (
         ScriptedChatServer(replies) as fake_llm,
@@ -132,7 +142,13 @@ async def test_keys_reach_the_agent_and_end_call_hangs_up(
     script = CallScript(
         steps=[Press("4"), Press("2"), Say(bye, after_bot_silence=0.3)], hang_up_after_silence=5.0
     )
-    replies = [tool_call_reply(("c1", "end_call", "{}"), text=["Goodbye! "]), tokens("Bye.")]
+    def replies(request: RecordedRequest) -> StreamReply:
+        # By what is asked, not by arrival: a tentative turn started at the comma's pause
+        # ("That is all, ...") and then withdrawn asks the LLM too.
+        if request.body["messages"][-1].get("role") == "tool":
+            return tokens("Bye.")
+        return tool_call_reply(("c1", "end_call", "{}"), text=["Goodbye! "])
+
     async with phone_bot(
         piper_engine, whisper_stt, replies, tmp_path, greeting=None, tools=[end_call]
     ) as (bot, url):
