@@ -18,6 +18,7 @@ Two ways to decode one utterance (`window=`):
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import threading
@@ -34,6 +35,8 @@ import numpy.typing as npt
 import soxr
 
 from agent.interfaces import Transcript
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "FRAMES_PER_SECOND",
@@ -323,6 +326,11 @@ class WhisperSTT:
     def transcribe_sync(self, pcm: bytes, sample_rate: int) -> Transcript:
         """Transcribe 16-bit mono PCM at any sample rate (blocking)."""
         heard = self.recognize(pcm, sample_rate)
+        if heard.fallback is not None:
+            log.debug(
+                "whisper: %.1f s of audio re-decoded on the 30 s window (%.0f ms): %s",
+                heard.audio_seconds, heard.compute_seconds * 1000, heard.fallback,
+            )
         return Transcript(
             text=heard.text,
             language=self.language,
