@@ -560,7 +560,15 @@ async def real_mode(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     from agent.app.demo import DEMO_PROMPT, add_tts_timings
     from agent.app.phone import DEFAULT_GREETING, PhoneBot
     from agent.audio import read_wav
-    from bench.phone_vs_demo import Pair, Turn, answered, demo_turn, paired_turns, versus_demo
+    from bench.phone_vs_demo import (
+        Pair,
+        Turn,
+        answered,
+        demo_turn,
+        forget_prompt,
+        paired_turns,
+        versus_demo,
+    )
     from bench.voice_to_voice import QUESTIONS, breakdown
 
     for key in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "ELEVENLABS_API_KEY", "ELEVENLABS_BASE_URL"):
@@ -628,10 +636,13 @@ async def real_mode(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
                 def say(line: str) -> None:
                     print(line, file=sys.stderr, flush=True)
 
+                async def forget() -> None:
+                    await forget_prompt(llm)
+
                 say(f"phone vs demo: a warm-up turn each, then {args.demo_turns} in turn")
                 await paired_turns(1, on_demo, on_phone, lambda _line: None)
                 caller_firsts.clear()
-                pairs = await paired_turns(args.demo_turns, on_demo, on_phone, say)
+                pairs = await paired_turns(args.demo_turns, on_demo, on_phone, say, forget)
             if not args.no_ladder:
                 stages, best, base = await ladder(
                     app, bot, url, voices, args, FIRST_AUDIO_LIMIT, turns_of

@@ -126,13 +126,19 @@ async def paired_turns(
     demo: Callable[[int], Awaitable[list[Turn]]],
     phone: Callable[[int], Awaitable[list[Turn]]],
     say: Callable[[str], None],
+    before_each: Callable[[], Awaitable[None]] | None = None,
 ) -> list[Pair]:
-    """`turns` rounds of (phone turn, demo turn) for question i, alternating which goes first."""
+    """`turns` rounds of (phone turn, demo turn) for question i, alternating which goes first;
+    `before_each` runs before every turn (`forget_prompt`: the two sides ask the LLM the same
+    prompt, and llama.cpp reuses the previous request's evaluated prefix, so the second of a
+    pair would start its answer ~70 ms sooner)."""
     pairs: list[Pair] = []
     for i in range(turns):
         got: dict[str, list[Turn]] = {}
         order = ("demo", "phone") if i % 2 == 0 else ("phone", "demo")
         for which in order:
+            if before_each is not None:
+                await before_each()
             got[which] = await (demo(i) if which == "demo" else phone(i))
         p = got["phone"][-1] if got["phone"] else None
         d = got["demo"][-1] if got["demo"] else None
@@ -192,3 +198,15 @@ def versus_demo(
         rows.append(("first audio at our caller (its WAV's end -> first frame in)",
                      f"{caller:.0f} ms", "", ""))  # fmt: skip
     return rows, data
+
+
+async def forget_prompt(llm: Any) -> None:
+    """One short request whose first token already differs from the conversations' prompts,
+    so the next turn finds none of its prompt evaluated (the local server keeps one)."""
+    from contextlib import aclosing
+
+    from agent.interfaces import ChatMessage
+
+    async with aclosing(llm.stream([ChatMessage("user", "Reply with one word: ok.")])) as reply:
+        async for _chunk in reply:
+            break
