@@ -49,6 +49,7 @@ from plugins.elevenlabs.protocol import (
     classify_close,
     fit_close_reason,
 )
+from plugins.elevenlabs.textbuffer import FIRST_CLAUSE_MAX_WORDS
 
 KEY = "sk_live_THIS_IS_A_SECRET_KEY_123"
 SINGLE_PATH = "/v1/text-to-speech/voice1/stream-input"
@@ -426,12 +427,13 @@ def test_first_clause_skips_abbreviations_and_is_dropped_by_close_context() -> N
     assert synthesized(events) == []  # not flushed, never released: dropped with the context
 
 
-def test_first_clause_without_punctuation_goes_after_six_words() -> None:
+def test_first_clause_without_punctuation_goes_after_five_words() -> None:
+    assert FIRST_CLAUSE_MAX_WORDS == 5
     server = make_server(first_clause=True)
     send(server, {"text": " "})
-    assert synthesized(send(server, {"text": "The museum opens at nine "})) == []
-    assert synthesized(send(server, {"text": "tomorrow morning "})) == [
-        "The museum opens at nine tomorrow "
+    assert synthesized(send(server, {"text": "The museum opens at "})) == []
+    assert synthesized(send(server, {"text": "nine tomorrow morning "})) == [
+        "The museum opens at nine "
     ]
 
 

@@ -16,6 +16,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from plugins.elevenlabs.messages import INACTIVITY_REASON, SETTINGS_CHANGED_REASON
 from plugins.elevenlabs.server import LocalTTSServer
+from plugins.elevenlabs.textbuffer import FIRST_CLAUSE_MAX_WORDS
 from tests.fakes.engines import MS_PER_CHAR, TONE_HZ, FakeToneEngine, dominant_frequency
 
 pytestmark = pytest.mark.anyio
@@ -89,7 +90,9 @@ async def test_no_audio_before_first_threshold_then_flush_keeps_socket(piper_eng
 
     async with serving(piper_engine) as server, connect(ws_url(server)) as ws:
         await ws.send(json.dumps({"text": " "}))
-        await ws.send(json.dumps({"text": "Only a few words here "}))  # < 120 chars
+        # under 120 chars, and fewer words than the first clause's limit (no clause end either)
+        few = " ".join(["word"] * (FIRST_CLAUSE_MAX_WORDS - 1)) + " "
+        await ws.send(json.dumps({"text": few}))
         with anyio.move_on_after(1.5) as scope:
             await ws.recv()
         assert scope.cancel_called, "audio came before the first schedule threshold"

@@ -19,7 +19,7 @@ import pytest
 from agent.errors import LLMError, LLMTimeoutError
 from agent.file_output import WavFileOutput
 from agent.interfaces import ChatMessage, LLMChunk, ToolSchema
-from agent.session import Session
+from agent.session import FIRST_CLAUSE_MAX_WORDS, Session
 from plugins.elevenlabs.client import ElevenLabsTTS, TTSConfig
 from plugins.elevenlabs.server import LocalTTSServer
 from plugins.openai.llm import OpenAILLM
@@ -80,10 +80,12 @@ def check_turn_wire(sent: list[tuple[float, dict[str, Any]]], ctx: str) -> tuple
     texts = [i for i, (_, m) in enumerate(body) if m.get("text")]
     assert 1 <= len(flushes) <= 2, f"the first clause's flush and the last, got {len(flushes)}"
     assert texts and max(texts) < flushes[-1], "the last flush comes after the last text"
-    if len(flushes) == 2:  # the first clause's: after a clause end, or its sixth word
+    if len(flushes) == 2:  # the first clause's: after a clause end, or its fifth word
         said = "".join(m.get("text", "") for _, m in body[: flushes[0]])
         ends_clause = said.rstrip()[-1:] in set(".!?…,;:")
-        assert ends_clause or len(said.split()) == 6, f"an early flush after {said!r}"
+        assert ends_clause or len(said.split()) == FIRST_CLAUSE_MAX_WORDS, (
+            f"an early flush after {said!r}"
+        )
     flushes = flushes[-1:]
     for _, m in body:
         if "text" in m and not m.get("flush"):

@@ -16,7 +16,7 @@ Pure string logic used by `ServerProtocol`:
 - first_clause (a local-server extension, off unless the server asks for it): before the
   schedule's first chunk is due, the context's first clause is released as soon as it is
   complete: two words or more ending in sentence or clause punctuation followed by whitespace
-  ("The sky is blue. ", "Well, you see, "), or its first six words, whichever comes first. It
+  ("The sky is blue. ", "Well, you see, "), or its first five words, whichever comes first. It
   is an extra chunk: the schedule then starts at its first value. The voice starts a clause
   after the first token instead of 50 characters, and, being released rather than flushed, the
   clause is dropped by a close_context like any scheduled chunk (barge-in costs nothing).
@@ -42,6 +42,8 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass
+
+from agent.session import FIRST_CLAUSE_MAX_WORDS as _AGENT_FIRST_CLAUSE_MAX_WORDS
 
 from .settings import MAX_SCHEDULE_VALUE, TRY_TRIGGER_MIN_CHARS, GenerationConfig
 
@@ -175,17 +177,18 @@ class TextBuffer:
 _ABBREVIATIONS = frozenset({"mr", "mrs", "ms", "dr", "prof", "st", "vs", "e.g", "i.e", "etc"})
 
 
-#: Without a clause end, the first chunk goes once this many words are complete.
-FIRST_CLAUSE_MAX_WORDS = 6
+#: Without a clause end, the first chunk goes once this many words are complete: the agent's
+#: own rule for other servers (`agent.session.FIRST_CLAUSE_MAX_WORDS`), so both speak alike.
+FIRST_CLAUSE_MAX_WORDS = _AGENT_FIRST_CLAUSE_MAX_WORDS
 _WORD_END = re.compile(r"\S\s+")
 
 
-def _first_clause_end(text: str) -> int:
-    """End of the first clause of two words or more in `text`, or of its first
-    FIRST_CLAUSE_MAX_WORDS words if that comes sooner (0: neither is complete yet). A period
-    after an abbreviation, an initial or a number ("Dr. ", "J. ", "3. ") ends nothing."""
+def _first_clause_end(text: str, max_words: int = FIRST_CLAUSE_MAX_WORDS) -> int:
+    """End of the first clause of two words or more in `text`, or of its first `max_words`
+    words if that comes sooner (0: neither is complete yet). A period after an abbreviation,
+    an initial or a number ("Dr. ", "J. ", "3. ") ends nothing."""
     word_ends = [m.end() for m in _WORD_END.finditer(text)]
-    limit = word_ends[FIRST_CLAUSE_MAX_WORDS - 1] if len(word_ends) >= FIRST_CLAUSE_MAX_WORDS else 0
+    limit = word_ends[max_words - 1] if len(word_ends) >= max_words else 0
     clause = _clause_end(text)
     if clause and limit:
         return min(clause, limit)
