@@ -35,7 +35,7 @@ from plugins.local.piper_tts import PiperEngine
 from plugins.local.whisper_stt import WhisperSTT
 from plugins.openai.llm import OpenAILLM
 from plugins.virtual.transport import VirtualTransport
-from tests.fakes.scripted_llm import ScriptedChatServer, tokens
+from tests.fakes.scripted_llm import RecordedRequest, ScriptedChatServer, StreamReply, tokens
 
 RATE = 16000
 BLOCK_MS = 20
@@ -87,11 +87,14 @@ async def run(episodes: int) -> dict[str, Any]:
         transport.inject(question, at_seconds=0.5 + i * period)
         onsets.append(transport.inject(stop, at_seconds=0.5 + i * period + 4.5) / RATE)
     # tokens paced so the LLM is still streaming when the user interrupts: fan-out must close it
-    replies = [
-        r
-        for _ in range(episodes)
-        for r in (tokens(*[w + " " for w in ANSWER.split()], delay=0.05), tokens("Okay."))
-    ]
+    story = tokens(*[w + " " for w in ANSWER.split()], delay=0.05)
+
+    def replies(request: RecordedRequest) -> StreamReply:
+        # By what is asked, not by arrival: a tentative turn started at a pause ("Okay, ...")
+        # and withdrawn asks too, and must not shift every later answer by one.
+        asked = request.body["messages"][-1].get("content") or ""
+        return story if "story" in asked.lower() else tokens("Okay.")
+
     close_frames: list[float] = []
     decisions: list[float] = []
 
