@@ -173,13 +173,23 @@ class CallResult:
     hung_up_by: str = ""  # "caller" or "bot"
     violations: list[str] = field(default_factory=list)
     timeline: list[tuple[float, str]] = field(default_factory=list)
+    clear_times: list[float] = field(default_factory=list)  # when each clear arrived
 
-    def bot_media_at(self, t: float, last_clear: float | None) -> None:
+    def bot_media_at(self, t: float) -> None:
         """Count a bot media frame received at ``t`` (and whether it came right after a clear)."""
         self.media_in += 1
         self.media_times.append(t)
-        if last_clear is not None and t - last_clear < 0.1:
+        if self.clear_times and t - self.clear_times[-1] < 0.1:
             self.media_after_clear += 1
+
+    def bot_cleared_at(self, t: float, *, played: int, dropped: int) -> None:
+        """Count the bot's `clear` received at ``t``: the handset had played ``played`` bot
+        samples and drops the ``dropped`` it had queued."""
+        self.clears += 1
+        self.clear_times.append(t)
+        self.played_at_clear.append(played)
+        self.dropped_at_clear.append(dropped)
+        self.timeline.append((t, "clear"))
 
     def write_wav(self, path: str | Path) -> Path:
         """Stereo WAV, 8 kHz: caller left, bot right."""
@@ -284,7 +294,6 @@ async def stream_call(url: str, parameters: dict[str, str], script: CallScript) 
     bot_pcm = bytearray()
     t0 = anyio.current_time()
     state = _ScriptState(script, result)
-    last_clear: float | None = None
 
     def now() -> float:
         return anyio.current_time() - t0
@@ -297,24 +306,21 @@ async def stream_call(url: str, parameters: dict[str, str], script: CallScript) 
                     await ws.send(item)
 
         async def receive() -> None:
-            nonlocal last_clear
             try:
                 async for message in ws:
                     t = now()
                     for event in proto.receive(message, t):
                         if isinstance(event, BotMedia):
-                            result.bot_media_at(t, last_clear)
+                            result.bot_media_at(t)
                             state.bot_media(t)
                             far.receive_audio(event.payload)
                         elif isinstance(event, BotMark):
                             result.marks_in += 1
                             far.receive_mark(event.name)
                         elif isinstance(event, BotClear):
-                            result.clears += 1
-                            result.played_at_clear.append(far.played_bot_samples)
-                            result.dropped_at_clear.append(far.buffered)
-                            last_clear = t
-                            result.timeline.append((t, "clear"))
+                            result.bot_cleared_at(
+                                t, played=far.played_bot_samples, dropped=far.buffered
+                            )
                             state.bot_cleared(t, result)
                             for name in far.clear():
                                 proto.send_mark(name)

@@ -327,7 +327,6 @@ async def live_call(
     caller_pcm = bytearray()
     bot_pcm = bytearray()
     t0 = anyio.current_time()
-    last_clear: float | None = None
 
     def now() -> float:
         return anyio.current_time() - t0
@@ -347,13 +346,12 @@ async def live_call(
                         await ws.send(item)
 
             async def receive(scope: anyio.CancelScope) -> None:
-                nonlocal last_clear
                 try:
                     async for message in ws:
                         t = now()
                         for event in proto.receive(message, t):
                             if isinstance(event, BotMedia):
-                                result.bot_media_at(t, last_clear)
+                                result.bot_media_at(t)
                                 measure.bot_media(t)
                                 pcm = line.receive_audio(event.payload, speaker.samples_played)
                                 if pcm:
@@ -364,11 +362,8 @@ async def live_call(
                             elif isinstance(event, BotClear):
                                 speaker.clear()  # the queued audio goes, at once
                                 dropped, names = line.clear(speaker.samples_played)
-                                result.clears += 1
-                                result.dropped_at_clear.append(dropped)
-                                result.played_at_clear.append(line.heard(speaker.samples_played))
-                                last_clear = t
-                                result.timeline.append((t, "clear"))
+                                played = line.heard(speaker.samples_played)
+                                result.bot_cleared_at(t, played=played, dropped=dropped)
                                 measure.bot_cleared(t)
                                 echo(names)
                             elif isinstance(event, ProtocolViolation):
