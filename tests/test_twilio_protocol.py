@@ -345,33 +345,6 @@ async def test_a_producer_cancelled_as_it_wakes_queues_nothing_after_the_clear()
     assert pacer.queued_bytes == 0, "nothing of the cut answer queued after the clear"
 
 
-def test_clear_goes_out_only_when_the_far_end_may_hold_audio() -> None:
-    # A tentative answer withdrawn before any of it was sent (think-ahead holds it) clears
-    # the pacer but leaves the line alone; once audio went out unconfirmed, `clear` goes.
-    from plugins.twilio.call import TwilioOutput
-
-    def clears(protocol: BotProtocol) -> int:
-        return sum('"clear"' in m for m in protocol.data_to_send() if isinstance(m, str))
-
-    protocol, pacer = started(), OutboundPacer(lead=0.1, mark_every=5)
-    out = TwilioOutput(pacer, protocol, wake=lambda: None)
-    out.clock = lambda: 0.0
-    protocol.data_to_send()
-    pacer.pause()  # held: the tentative answer's audio waits for the commit
-    pacer.push(b"\x10" * 800, now=0.0)
-    assert out.clear() == 800 and clears(protocol) == 0 and out.clears == 0
-    pacer.resume()
-    pacer.push(b"\x10" * 800, now=0.0)
-    for action in pacer.tick(0.0):  # as the write loop sends
-        if isinstance(action, SendFrame):
-            protocol.send_media(action.ulaw)
-    assert out.clear() > 0 and clears(protocol) == 1 and out.clears == 1
-    pacer.push(b"\x10" * 160, now=1.0)
-    names = marks(pacer.tick(1.0))
-    assert pacer.mark_echoed(names[-1])  # all of it heard: nothing left to clear
-    assert out.clear() == 0 and clears(protocol) == 0 and out.clears == 1
-
-
 def test_mark_counts_only_audio_queued_after_it() -> None:
     pacer = OutboundPacer()
     pacer.push(b"\x10" * 320, now=0.0)

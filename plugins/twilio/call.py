@@ -130,22 +130,18 @@ class TwilioOutput:
         self._wake()
 
     def clear(self) -> int:
-        """Drop everything not yet heard and send `clear` now, if the far end may still hold
-        some of it (audio sent and not confirmed heard by an echoed mark): a tentative answer
-        withdrawn before any of it went out, or a turn whose audio was all heard, leaves the
-        line alone. Returns the samples dropped."""
+        """Drop everything not yet heard and send `clear` now; returns the samples dropped."""
         if self.closed:
             return 0
-        unconfirmed = self._pacer.position > self._pacer.heard
         dropped = self._pacer.clear()
-        if self._protocol.start is not None and unconfirmed:
+        if self._protocol.start is not None:
             self._protocol.send_clear()
-            self.clears += 1
         now = self.clock()  # Twilio drops what it had not played: the line is silent from now
         if self._end_at is not None and self._end_at > now:
             self._end_at = now
             if self.recording is not None:
                 del self.recording[round(now * SAMPLE_RATE) * 2 :]
+        self.clears += 1
         self._wake()
         self._notify()
         return dropped
