@@ -7,6 +7,9 @@
 - `VoiceLost(t_onset, t)`: a tentative onset that was not confirmed (a click, a cough).
 - `SpeechEnded(t_end, t_confirmed, ...)`: `min_silence_ms` of silence after speech; end of turn.
 
+and, when configured, `SpeechPaused` / `SpeechResumed` (a short silence, announced) and
+`SpeechFading` (the voice fell to the noise floor while webrtcvad still calls it speech).
+
 Times are stream positions in seconds: audio fed so far, counted from the first sample ever
 fed (or from the last `reset()`). Positions where something *is* (`t`, `t_onset`, `t_end`) are
 frame boundaries; positions where something was *decided* (`t_confirmed`, `VoiceLost.t`) are the
@@ -18,6 +21,12 @@ for short bursts, 3–14 after longer speech, depending on aggressiveness and fr
 up to 140 ms to every end of turn. With `compensate_hangover` (default) the detector asks for
 that many extra voiced frames before confirming speech, and dates the end of speech that many
 frames before the first unvoiced frame, so `min_speech_ms` and `min_silence_ms` mean real audio.
+
+That hangover also hides the end of speech for ~100 ms. With `fade_ms`, the detector watches the
+frames' energy as well: `fade_ms` of frames within 6 dB of the noise floor (or 45 dB below the
+utterance's loudest frame) is a `SpeechFading`, a likely end known before webrtcvad agrees, so
+speech-to-text can start on the utterance at once. It decides nothing: the `SpeechPaused` or
+`SpeechEnded` that follows says in ``faded_at`` whether the audio stayed that quiet since.
 
 While a tentative onset waits for confirmation, up to `max_onset_gap_frames` (default 1)
 consecutive unvoiced frames are tolerated (they do not count as voiced); one more and the onset
@@ -34,6 +43,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Literal
 
+import numpy as np
 import webrtcvad
 
 from agent.audio import SAMPLE_WIDTH, AudioFrame, StreamResampler
@@ -57,6 +67,14 @@ _HANGOVER: dict[int, dict[int, tuple[int, int]]] = {
 # webrtcvad switches from the short to the long hangover after this many voiced frames.
 _LONG_HANGOVER_AFTER = 6
 
+# A frame is quiet (for `SpeechFading`) when its energy is within 6 dB of the noise floor or
+# 45 dB below the utterance's loudest frame. Trailing fricatives ("please", "six") stay well
+# above both; the floor is what the microphone gives between utterances.
+_QUIET_ABOVE_FLOOR = 10 ** (6 / 10)
+_QUIET_BELOW_PEAK = 10 ** (-45 / 10)
+# How fast the noise floor follows louder silence (per frame); it follows quieter at once.
+_FLOOR_RISE = 0.05
+
 
 def hangover_frames(aggressiveness: int, frame_ms: int) -> tuple[int, int]:
     """webrtcvad's (short, long) hangover in frames for this mode and frame length."""
@@ -75,6 +93,9 @@ class VadConfig:
     - `pause_ms`: a shorter silence after speech that is announced (`SpeechPaused`, once per
       silence; `SpeechResumed` if the voice comes back before the turn ends), so the voice loop
       can ask an end-of-turn model and start preparing its answer; None: no announcement.
+    - `fade_ms`: quiet audio (by energy) during speech after which a `SpeechFading` is told
+      (once per quiet stretch): a likely end of speech, before webrtcvad's hangover runs out;
+      None: never.
     - `max_onset_gap_frames`: unvoiced frames tolerated inside a tentative onset.
     - `pre_roll_ms` / `post_roll_ms`: audio kept before the onset / after the end of speech in
       the utterance, so speech-to-text hears the first and last syllables whole.
@@ -88,6 +109,7 @@ class VadConfig:
     min_speech_ms: int = 120
     min_silence_ms: int = 500
     pause_ms: int | None = None
+    fade_ms: int | None = None
     max_onset_gap_frames: int = 1
     pre_roll_ms: int = 200
     post_roll_ms: int = 200
@@ -116,15 +138,17 @@ class VadConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"VadConfig.{name} must be a positive integer (ms), got {value!r}")
-        if self.pause_ms is not None and (
-            not isinstance(self.pause_ms, int)
-            or isinstance(self.pause_ms, bool)
-            or not 0 < self.pause_ms < self.min_silence_ms
-        ):
-            raise ValueError(
-                "VadConfig.pause_ms must be None or a positive integer (ms) below "
-                f"min_silence_ms ({self.min_silence_ms}), got {self.pause_ms!r}"
-            )
+        for name in ("pause_ms", "fade_ms"):
+            value = getattr(self, name)
+            if value is not None and (
+                not isinstance(value, int)
+                or isinstance(value, bool)
+                or not 0 < value < self.min_silence_ms
+            ):
+                raise ValueError(
+                    f"VadConfig.{name} must be None or a positive integer (ms) below "
+                    f"min_silence_ms ({self.min_silence_ms}), got {value!r}"
+                )
         for name in ("max_onset_gap_frames", "pre_roll_ms", "post_roll_ms"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
@@ -164,16 +188,32 @@ class VoiceLost:
 
 
 @dataclass(frozen=True, slots=True)
-class SpeechPaused:
-    """Speech (from `t_onset`) stopped at `t_end` and `pause_ms` of silence followed, decided at
-    `t`: the turn may be over. `audio` is the utterance so far (as `SpeechEnded.audio` would be
-    if the turn ended now), from stream time `audio_start`."""
+class SpeechFading:
+    """The voice fell quiet at `t_end` and stayed quiet for `fade_ms`, told at `t`, while
+    webrtcvad may still call it speech: a likely end of speech, not a decision. `audio` is the
+    utterance so far (from stream time `audio_start`). A later `SpeechPaused` or `SpeechEnded`
+    whose ``faded_at`` is this `t` had nothing but quiet audio since."""
 
     t_end: float
     t: float
     t_onset: float = 0.0
     audio_start: float = 0.0
     audio: AudioFrame = field(default=AudioFrame(b"", _FALLBACK_RATE), repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechPaused:
+    """Speech (from `t_onset`) stopped at `t_end` and `pause_ms` of silence followed, decided at
+    `t`: the turn may be over. `audio` is the utterance so far (as `SpeechEnded.audio` would be
+    if the turn ended now), from stream time `audio_start`. ``faded_at``: the `t` of the
+    `SpeechFading` whose quiet lasted until now (its audio holds the same words), or None."""
+
+    t_end: float
+    t: float
+    t_onset: float = 0.0
+    audio_start: float = 0.0
+    audio: AudioFrame = field(default=AudioFrame(b"", _FALLBACK_RATE), repr=False)
+    faded_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,7 +228,7 @@ class SpeechEnded:
     """Speech (from `t_onset`) ended at `t_end`; the silence was confirmed at `t_confirmed`.
 
     `audio` is the utterance at the processing rate, with pre- and post-roll; its first sample
-    is at stream time `audio_start`.
+    is at stream time `audio_start`. ``faded_at``: as for `SpeechPaused`.
     """
 
     t_end: float
@@ -196,9 +236,18 @@ class SpeechEnded:
     t_onset: float = 0.0
     audio_start: float = 0.0
     audio: AudioFrame = field(default=AudioFrame(b"", _FALLBACK_RATE), repr=False)
+    faded_at: float | None = None
 
 
-VadEvent = VoiceOnset | SpeechStarted | VoiceLost | SpeechPaused | SpeechResumed | SpeechEnded
+VadEvent = (
+    VoiceOnset
+    | SpeechStarted
+    | VoiceLost
+    | SpeechFading
+    | SpeechPaused
+    | SpeechResumed
+    | SpeechEnded
+)
 
 VadState = Literal["silent", "onset", "speaking"]
 
@@ -221,6 +270,9 @@ class SpeechDetector:
         self._silence_needed = math.ceil(cfg.min_silence_ms / cfg.frame_ms)
         self._pause_needed = (
             None if cfg.pause_ms is None else max(1, math.ceil(cfg.pause_ms / cfg.frame_ms))
+        )
+        self._fade_needed = (
+            None if cfg.fade_ms is None else max(1, math.ceil(cfg.fade_ms / cfg.frame_ms))
         )
         self._pre_roll_frames = math.ceil(cfg.pre_roll_ms / cfg.frame_ms)
         self._post_roll_frames = math.ceil(cfg.post_roll_ms / cfg.frame_ms)
@@ -247,6 +299,10 @@ class SpeechDetector:
         self._run_start = 0  # first frame of the current voiced run
         self._first_unvoiced: int | None = None
         self._paused = False  # a SpeechPaused was announced for the current silence
+        self._floor: float | None = None  # noise energy between utterances (mean square)
+        self._peak = 0.0  # the utterance's loudest frame (mean square)
+        self._quiet_run = 0  # consecutive quiet frames (by energy) while speaking
+        self._faded_at: float | None = None  # the SpeechFading this quiet stretch told
 
     # -- queries --------------------------------------------------------------------------------
 
@@ -329,9 +385,46 @@ class SpeechDetector:
             del self._pending[:size]
             voiced = self._vad.is_speech(chunk, self.processing_rate)
             self._step(chunk, bool(voiced), events)
+            if self._fade_needed is not None:
+                self._track_energy(chunk, bool(voiced), events)
             self._recent.append(chunk)
             self._frame_index += 1
         return events
+
+    def _track_energy(self, chunk: bytes, voiced: bool, events: list[VadEvent]) -> None:
+        """After `_step`: the noise floor between utterances, the utterance's peak, and
+        `SpeechFading`."""
+        samples = np.frombuffer(chunk, dtype="<i2").astype(np.float32)
+        energy = float(samples @ samples) / max(1, samples.size)
+        if self._state == "silent":
+            if voiced:
+                pass  # the end of an utterance or of a lost onset: not the floor
+            elif self._floor is None or energy < self._floor:
+                self._floor = energy
+            else:
+                self._floor += (energy - self._floor) * _FLOOR_RISE
+            return
+        self._peak = max(self._peak, energy)
+        if self._state != "speaking":
+            return
+        limit = self._peak * _QUIET_BELOW_PEAK
+        if self._floor is not None:
+            limit = max(limit, self._floor * _QUIET_ABOVE_FLOOR)
+        if energy > limit:
+            self._quiet_run, self._faded_at = 0, None
+            return
+        self._quiet_run += 1
+        if self._quiet_run == self._fade_needed and not self._paused:
+            i = self._frame_index
+            fade = SpeechFading(
+                t_end=self._t(i + 1 - self._quiet_run),
+                t=self._t(i + 1),
+                t_onset=self._t(self._onset_index),
+                audio_start=self._t(self._utterance_start),
+                audio=AudioFrame(bytes(self._utterance), self.processing_rate),
+            )
+            self._faded_at = fade.t
+            events.append(fade)
 
     def _append_utterance(self, chunk: bytes) -> None:
         if len(self._utterance) < self._max_utterance_bytes:
@@ -355,6 +448,7 @@ class SpeechDetector:
         self._onset_index = self._run_start = i
         self._voiced_in_onset = 0
         self._gap = 0
+        self._peak, self._quiet_run, self._faded_at = 0.0, 0, None
         pre_roll = list(self._recent)[-self._pre_roll_frames :] if self._pre_roll_frames else []
         self._utterance = bytearray()
         self._utterance_start = i - len(pre_roll)
@@ -405,6 +499,7 @@ class SpeechDetector:
             audio=AudioFrame(
                 bytes(self._utterance[: keep_frames * self._frame_bytes]), self.processing_rate
             ),
+            faded_at=self._faded_at,
         )
 
     def _estimated_end(self) -> int:
@@ -427,4 +522,5 @@ class SpeechDetector:
             t_onset=self._t(self._onset_index),
             audio_start=self._t(self._utterance_start),
             audio=AudioFrame(bytes(self._utterance), self.processing_rate),
+            faded_at=self._faded_at,
         )

@@ -13,6 +13,7 @@ from agent.audio import AudioFrame, resample
 from agent.vad import (
     SpeechDetector,
     SpeechEnded,
+    SpeechFading,
     SpeechPaused,
     SpeechResumed,
     SpeechStarted,
@@ -145,6 +146,8 @@ def of_type(events: list[VadEvent], kind: type) -> list[VadEvent]:
         ({"max_utterance_s": 0}, "max_utterance_s"),
         ({"pause_ms": 0}, "pause_ms"),
         ({"pause_ms": 500, "min_silence_ms": 500}, "below min_silence_ms"),
+        ({"fade_ms": 0}, "fade_ms"),
+        ({"fade_ms": 500, "min_silence_ms": 500}, "fade_ms must be None"),
     ],
 )
 def test_invalid_config_is_rejected_with_the_allowed_values(
@@ -292,6 +295,82 @@ def test_without_pause_ms_no_pause_is_announced() -> None:
     samples = np.concatenate([silence(0.5), voiced(0.6), silence(0.35), voiced(0.6), silence(1.0)])
     events, _ = run(samples)
     assert not of_type(events, SpeechPaused) and not of_type(events, SpeechResumed)
+
+
+# -- fading: a likely end before webrtcvad's hangover runs out -----------------------------------
+
+FADING = VadConfig(min_silence_ms=500, pause_ms=100, fade_ms=40)
+
+
+def noise(seconds: float, rms: float, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.asarray(rng.normal(0.0, rms, round(seconds * RATE)), dtype=np.int16)
+
+
+def fed_in_frames(samples: np.ndarray, config: VadConfig) -> list[tuple[float, VadEvent]]:
+    """Events with the stream time at which the detector gave them (20 ms frames)."""
+    detector = SpeechDetector(config)
+    out: list[tuple[float, VadEvent]] = []
+    for piece in chunks(samples, iter([320] * 100_000)):
+        out += [(detector.time, e) for e in detector.feed(AudioFrame(piece.tobytes(), RATE))]
+    return out
+
+
+def test_the_voice_fading_is_told_before_the_pause_and_named_by_it(speech: Speech) -> None:
+    samples = np.concatenate([silence(0.5), speech.samples, silence(1.0)])
+    events = [e for _, e in fed_in_frames(samples, FADING)]
+    kinds = [type(e) for e in events if isinstance(e, SpeechFading | SpeechPaused | SpeechEnded)]
+    assert kinds[-3:] == [SpeechFading, SpeechPaused, SpeechEnded], events
+    fade, paused, ended = events[-3:]
+    assert isinstance(fade, SpeechFading) and isinstance(paused, SpeechPaused)
+    assert isinstance(ended, SpeechEnded)
+    end = 0.5 + speech.seconds
+    assert abs(fade.t_end - end) <= 0.021 and fade.t - fade.t_end == pytest.approx(0.04)
+    assert paused.t > fade.t  # webrtcvad's hangover still called it speech
+    assert paused.faded_at == fade.t and ended.faded_at == fade.t
+    # The fade's audio is the utterance up to it: the pause's, with less quiet after it.
+    assert paused.audio.pcm.startswith(fade.audio.pcm) and fade.audio_start == paused.audio_start
+
+
+def test_voice_after_a_fade_clears_it_and_the_next_fade_is_the_one_named() -> None:
+    samples = np.concatenate([silence(0.5), voiced(0.5), silence(0.06), voiced(0.5), silence(1.0)])
+    events = [e for _, e in fed_in_frames(samples, FADING)]
+    fades = [e for e in events if isinstance(e, SpeechFading)]
+    (paused,) = of_type(events, SpeechPaused)
+    assert len(fades) == 2 and fades[0].t == pytest.approx(1.06, abs=0.021)
+    assert isinstance(paused, SpeechPaused) and paused.faded_at == fades[1].t
+
+
+def test_a_fade_counts_quiet_against_the_noise_floor() -> None:
+    # Noise at about -50 dBFS between and after the words: within 6 dB of it is quiet.
+    background = noise(3.0, rms=100)
+    words = np.concatenate([silence(0.8), voiced(0.7), silence(1.5)])
+    samples = np.clip(background.astype(int) + words, -32768, 32767).astype(np.int16)
+    events = [e for _, e in fed_in_frames(samples, FADING)]
+    (fade,) = of_type(events, SpeechFading)
+    (paused,) = of_type(events, SpeechPaused)
+    assert isinstance(fade, SpeechFading) and abs(fade.t_end - 1.5) <= 0.021
+    assert isinstance(paused, SpeechPaused) and paused.faded_at == fade.t
+
+
+def test_a_soft_tail_above_the_floor_is_not_a_fade() -> None:
+    # A voice 35 dB down (a trailing consonant, a soft last word) is not quiet: no fade, so
+    # the pause (webrtcvad does not call that tail speech) transcribes on its own audio.
+    tail = voiced(0.3, f0=150, amplitude=160)
+    samples = np.concatenate([silence(0.5), voiced(0.6), tail, silence(1.0)])
+    events = [e for _, e in fed_in_frames(samples, FADING)]
+    (paused,) = of_type(events, SpeechPaused)
+    assert isinstance(paused, SpeechPaused) and paused.faded_at is None
+    assert not [e for e in events[: events.index(paused)] if isinstance(e, SpeechFading)]
+
+
+def test_without_fade_ms_no_fade_is_told(speech: Speech) -> None:
+    samples = np.concatenate([silence(0.5), speech.samples, silence(1.0)])
+    events, _ = run(samples, VadConfig(min_silence_ms=500, pause_ms=100))
+    assert not of_type(events, SpeechFading)
+    assert all(
+        e.faded_at is None for e in of_type(events, SpeechPaused) + of_type(events, SpeechEnded)
+    )  # type: ignore[attr-defined]
 
 
 def test_real_sentences_separated_by_a_long_pause_are_two_turns() -> None:
