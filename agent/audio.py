@@ -466,8 +466,9 @@ class PlayoutBuffer:
         """Same as `write` (the `AudioOutput` name). Cancelling queues nothing of `pcm`."""
         await self.write(pcm)
 
-    def clear(self) -> int:
-        """Drop everything queued at once; return the number of samples dropped."""
+    def clear(self, *, held_only: bool = False) -> int:
+        """Drop everything queued at once; return the number of samples dropped. (Local
+        playout: ``held_only`` changes nothing.)"""
         with self._lock:
             dropped = len(self._queue) // SAMPLE_WIDTH
             self._queue.clear()

@@ -34,7 +34,7 @@ class MemoryOutput:
         self._played += len(pcm) // 2
         self._last_end = now
 
-    def clear(self) -> int:
+    def clear(self, *, held_only: bool = False) -> int:
         """Nothing is ever queued: drops nothing."""
         return 0
 

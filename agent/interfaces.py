@@ -155,8 +155,11 @@ class AudioOutput(Protocol):
         nothing of ``pcm``."""
         ...
 
-    def clear(self) -> int:
-        """Drop everything queued but not yet played, at once; return the samples dropped."""
+    def clear(self, *, held_only: bool = False) -> int:
+        """Drop everything queued but not yet played, at once; return the samples dropped.
+        ``held_only``: everything queued came while the output was paused (a tentative answer
+        never let play): an output that holds such audio on its own side drops it and leaves
+        the far end alone (what it has, an earlier answer's end, plays on)."""
         ...
 
     def pause(self) -> float:

@@ -160,7 +160,9 @@ class Session:
                     log.warning("turn %d: ended early: %s", record.index, named)
             elif not isinstance(err, anyio.get_cancelled_exc_class()):
                 record.error, record.cause = repr(err), err
-            await self._cleanup(stream)
+            # A tentative turn that never stood had its output held from its start.
+            held = go_ahead is not None and not go_ahead.is_set()
+            await self._cleanup(stream, held_only=held)
             self._finish(record, stream, spoken)
             if named is None:
                 raise
@@ -354,10 +356,11 @@ class Session:
         timeline.mark("final_received", self.clock.now())
         await self.output.drain()
 
-    async def _cleanup(self, stream: TTSStream | None) -> None:
-        """Stop the TTS context and silence the output; shielded, bounded."""
+    async def _cleanup(self, stream: TTSStream | None, *, held_only: bool = False) -> None:
+        """Stop the TTS context and silence the output (``held_only``: see `AudioOutput.clear`);
+        shielded, bounded."""
         with anyio.move_on_after(CLEANUP_DEADLINE_S, shield=True):
-            self.output.clear()
+            self.output.clear(held_only=held_only)
             if stream is not None:
                 await stream.abort()
 

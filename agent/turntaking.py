@@ -177,7 +177,12 @@ class ResumeOutput:
 
 @dataclass(frozen=True, slots=True)
 class ClearOutput:
-    """Drop everything queued for playout."""
+    """Drop everything queued for playout. ``held_only``: all of it came while the output was
+    held (a tentative turn's answer, never let play), so an output that holds audio on its own
+    side need not tell the far end, whose audio (an earlier answer's last words) plays on;
+    a barge-in's clear is never held-only."""
+
+    held_only: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +227,7 @@ class _Do(enum.Enum):
     PAUSE = "pause"
     RESUME = "resume"
     CLEAR = "clear"
+    DROP = "drop"  # clear what a tentative turn queued: held since it began, none of it played
     CANCEL = "cancel"  # cancel the running turn (barge-in)
     START = "start"  # start the event's utterance now
     QUEUE = "queue"  # queue the event's utterance behind the running turn
@@ -270,13 +276,13 @@ def build_table(rules: BargeInRules) -> dict[tuple[Floor, type], Row]:
         table[(_F.PREPARING, SpeechEnded)] = (_F.THINKING, (_Do.COMMIT, _Do.RESUME))
         table[(_F.PREPARED, SpeechEnded)] = (_F.SPEAKING, (_Do.COMMIT, _Do.RESUME))
         for tentative in (_F.PREPARING, _F.PREPARED):
-            table[(tentative, UserResumed)] = (_F.WITHDRAWING, (_Do.CLEAR, _Do.WITHDRAW))
+            table[(tentative, UserResumed)] = (_F.WITHDRAWING, (_Do.DROP, _Do.WITHDRAW))
             # It ended on its own (it failed, or understood nothing): the utterance will be
             # answered afresh when the turn really ends.
-            table[(tentative, TurnEnded)] = (_F.LISTENING, (_Do.CLEAR, _Do.RESUME, _Do.REUSE))
+            table[(tentative, TurnEnded)] = (_F.LISTENING, (_Do.DROP, _Do.RESUME, _Do.REUSE))
         table[(_F.WITHDRAWING, TurnEnded)] = (
             _F.LISTENING,
-            (_Do.CLEAR, _Do.RESUME, _Do.REUSE, _Do.NEXT),
+            (_Do.DROP, _Do.RESUME, _Do.REUSE, _Do.NEXT),
         )
     for running in (_F.THINKING, _F.SPEAKING):
         table[(running, TurnEnded)] = (_F.LISTENING, (_Do.NEXT,))
@@ -387,6 +393,8 @@ class TurnTaking(Generic[U]):
             return [ResumeOutput()]
         if step is _Do.CLEAR:
             return [ClearOutput()]
+        if step is _Do.DROP:
+            return [ClearOutput(held_only=True)]
         if step is _Do.CANCEL:
             assert self.turn is not None and isinstance(event, SpeechConfirmed)
             self.barge_ins += 1
@@ -430,11 +438,12 @@ class TurnTaking(Generic[U]):
         self.queued.clear()
         running, self.turn = self.turn, None
         was_held = self.floor in _HELD
+        tentative = self.floor in (Floor.PREPARING, Floor.PREPARED, Floor.WITHDRAWING)
         already_cancelled = self.floor in (Floor.INTERRUPTED, Floor.WITHDRAWING)
         self.floor = Floor.ENDED
         actions: list[Action[U]] = []
         if running is not None and not already_cancelled:
             actions.append(CancelTurn(running, "hang-up"))
         if was_held:
-            actions.append(ClearOutput())
+            actions.append(ClearOutput(held_only=tentative))
         return actions

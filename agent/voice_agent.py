@@ -430,7 +430,7 @@ class Conversation:
             self.output.resume()
             self._silent_at = None
         elif isinstance(action, ClearOutput):
-            self.output.clear()
+            self.output.clear(held_only=action.held_only)
         elif isinstance(action, CancelTurn):
             self._cancel(action)
         elif isinstance(action, StartTurn):

@@ -172,8 +172,8 @@ class _RecordingOutput:
         await self.inner.play(pcm)
         self.sent_audio.extend(pcm[: (self.inner.sent - before) * 2])
 
-    def clear(self) -> int:
-        return int(self.inner.clear())
+    def clear(self, *, held_only: bool = False) -> int:
+        return int(self.inner.clear(held_only=held_only))
 
 
 class RepliesLLM:

@@ -17,6 +17,7 @@ import pytest
 from agent import AgentOptions, VadConfig, end_call
 from agent.app.compose import AgentSettings, TTSEndpoint
 from agent.app.phone import PhoneBot, webhook_base
+from agent.app.user_voice import trim_silence
 from agent.audio import resample
 from agent.echo import EchoConfig
 from agent.errors import VoxloopError
@@ -135,6 +136,31 @@ async def test_barge_in_clears_the_line_and_heard_comes_from_marks(
     assert conversation.log.turns[1].heard_text == "Okay."
 
 
+async def test_an_answer_withdrawn_at_a_pause_sends_the_line_no_clear(
+    piper_engine: Any, whisper_stt: Any, tmp_path: Path
+) -> None:
+    # The caller pauses 300 ms mid-sentence: the bot starts a tentative answer at the pause
+    # (its audio held, never sent) and withdraws it when the voice comes back. Twilio has
+    # nothing of it, so no `clear` goes out: a caller counts each clear as a barge-in.
+    first = trim_silence(voice8k(piper_engine, "I would like to book a table for"), 8000)
+    second = trim_silence(voice8k(piper_engine, "four people tonight."), 8000)
+    gap = bytes(8000 * 2 * 2 // 10)  # with the 50 ms each side keeps: 300 ms of silence
+    script = CallScript(
+        steps=[Say(first + gap + second, after_bot_silence=0.3)], hang_up_after_silence=3.0
+    )
+    async with phone_bot(
+        piper_engine, whisper_stt, lambda _request: tokens("Noted."), tmp_path, greeting=None
+    ) as (bot, url):
+        with anyio.fail_after(60):
+            result = await place_call(url, script)
+            assert await eventually(lambda: bool(bot.finished), limit=10)
+    (conversation,) = bot.finished
+    assert conversation.withdrawn >= 1, "the pause started an answer that was withdrawn"
+    (turn,) = conversation.log.turns
+    assert "four" in turn.transcript.lower() and turn.heard_text == "Noted."
+    assert result.clears == 0
+
+
 async def test_keys_reach_the_agent_and_end_call_hangs_up(
     piper_engine: Any, whisper_stt: Any, tmp_path: Path
 ) -> None:
@@ -142,6 +168,7 @@ async def test_keys_reach_the_agent_and_end_call_hangs_up(
     script = CallScript(
         steps=[Press("4"), Press("2"), Say(bye, after_bot_silence=0.3)], hang_up_after_silence=5.0
     )
+
     def replies(request: RecordedRequest) -> StreamReply:
         # By what is asked, not by arrival: a tentative turn started at the comma's pause
         # ("That is all, ...") and then withdrawn asks the LLM too.

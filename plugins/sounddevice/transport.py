@@ -199,8 +199,9 @@ class SoundDeviceOutput:
                 await self._playout.write(pcm)
                 return
 
-    def clear(self) -> int:
-        """Drop queued audio at once; return the samples dropped."""
+    def clear(self, *, held_only: bool = False) -> int:
+        """Drop queued audio at once; return the samples dropped (``held_only`` changes
+        nothing: the queue is ours)."""
         return self._playout.clear()
 
     def pause(self) -> float:

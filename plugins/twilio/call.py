@@ -129,10 +129,18 @@ class TwilioOutput:
         self._pacer.push(ulaw, anyio.current_time())
         self._wake()
 
-    def clear(self) -> int:
-        """Drop everything not yet heard and send `clear` now; returns the samples dropped."""
+    def clear(self, *, held_only: bool = False) -> int:
+        """Drop everything not yet heard and send `clear` now; returns the samples dropped.
+        ``held_only`` (a tentative answer, held since it began): the pacer sent none of it
+        while paused, so it is dropped here and Twilio is not told; what Twilio has (an
+        earlier answer's end) plays on, and its marks still count."""
         if self.closed:
             return 0
+        if held_only:
+            dropped = self._pacer.drop_unsent()
+            self._wake()
+            self._notify()
+            return dropped
         dropped = self._pacer.clear()
         if self._protocol.start is not None:
             self._protocol.send_clear()

@@ -118,6 +118,15 @@ class OutboundPacer:
         self._unmarked = 0
         return dropped
 
+    def drop_unsent(self) -> int:
+        """Forget the audio queued and not yet sent (held while paused); returns the samples
+        dropped. What was sent still plays, and its marks still count: no new epoch."""
+        dropped = len(self._pending)
+        self._pending.clear()
+        self._partial_since = None
+        self._finish = False
+        return dropped
+
     def mark_echoed(self, name: str) -> bool:
         """The far end echoed a mark; True if it moved `heard` forward."""
         parts = name.split(":")

@@ -151,9 +151,10 @@ class PageOutput:
             self._wake()
         await anyio.lowlevel.checkpoint()
 
-    def clear(self) -> int:
+    def clear(self, *, held_only: bool = False) -> int:
         """Tell the page to drop everything not yet played, now; returns the samples that were
-        still ahead of the page's last report."""
+        still ahead of the page's last report. The page holds paused audio itself, so a
+        ``held_only`` clear is sent as well: the held audio is there."""
         if self.closed:
             return 0
         dropped = max(0, self.sent - self._pos)
