@@ -29,6 +29,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from agent import vad
 from agent.audio import AudioFrame
 from agent.conversation import ConversationLog, Segment, TurnRecord
+from agent.early_stt import FADE_MS, EarlyTranscriber
 from agent.echo import EchoConfig, EchoGuard
 from agent.errors import AudioDeviceError, VoxloopError
 from agent.events import (
@@ -41,7 +42,16 @@ from agent.events import (
     TurnFinished,
     UserSaid,
 )
-from agent.interfaces import LLM, STT, TTS, ChatMessage, Transport, TurnDetector, TurnGuess
+from agent.interfaces import (
+    LLM,
+    STT,
+    TTS,
+    ChatMessage,
+    Transcript,
+    Transport,
+    TurnDetector,
+    TurnGuess,
+)
 from agent.session import Session
 from agent.tools import Tool, ToolBox, ToolResult
 from agent.turntaking import (
@@ -86,9 +96,10 @@ class EndOfTurn:
     with a turn detector that said "not complete", after ``unsure_silence_ms``.
 
     ``pause_ms`` (100) counts from the VAD's end of speech (webrtcvad's hangover undone), so it
-    falls about when webrtcvad first hears a frame unvoiced: the earliest moment the words so
-    far can go to speech-to-text, and the transcript is what "complete" waits for. 200 ms made
-    the median end of turn ~90 ms later with no fewer cut-offs (`bench.turn_taking`).
+    falls about when webrtcvad first hears a frame unvoiced. The words so far went to
+    speech-to-text earlier, when the voice faded (`AgentOptions.transcribe_early`), and the
+    transcript is what "complete" waits for. 200 ms made the median end of turn ~90 ms later
+    with no fewer cut-offs (`bench.turn_taking`).
     """
 
     pause_ms: int = 100
@@ -133,6 +144,10 @@ class AgentOptions:
     #: Warm STT, LLM and TTS while the user is still silent (a first request to a freshly loaded
     #: engine is slow). It costs a few tokens and characters: on by default for local engines.
     warm_up: bool = False
+    #: Start speech-to-text when the voice fades (`agent.early_stt`), ~80 ms before the VAD's
+    #: pause. A fade that is not the end wastes one STT call (one or two per sentence): the
+    #: apps turn this off for an STT service that bills by the request.
+    transcribe_early: bool = True
 
 
 class Agent:
@@ -207,12 +222,14 @@ class Conversation:
             options.vad,
             sample_rate=transport.sample_rate,  # the mic runs at the transport's rate
             pause_ms=_pause_ms(agent),
+            fade_ms=(options.vad.fade_ms or FADE_MS) if options.transcribe_early else None,
         )
         if agent.turn_detector is not None:
             config = dataclasses.replace(
                 config, min_silence_ms=options.end_of_turn.unsure_silence_ms
             )
         self.detector = vad.SpeechDetector(config)
+        self.early_stt = EarlyTranscriber(agent.stt) if config.fade_ms is not None else None
         self.guard = EchoGuard(options.echo)
         self.floor: TurnTaking[Utterance] = TurnTaking(options.barge_in)
         self.toolbox = ToolBox(agent.tools, context=self, on_late_result=self._late_result)
@@ -378,6 +395,9 @@ class Conversation:
             detector = self.agent.turn_detector
             if detector is not None and self._tasks is not None:
                 self._tasks.start_soon(self._ask_detector, detector, event, self._pauses)
+        elif isinstance(event, vad.SpeechFading):
+            if self.early_stt is not None and self._tasks is not None:
+                self.early_stt.faded(event, self._tasks)
         elif isinstance(event, vad.SpeechResumed):
             self._feed(UserResumed(), event.t)
         elif isinstance(event, vad.SpeechEnded):
@@ -559,9 +579,7 @@ class Conversation:
             await self.session.respond("", record, on_audio=audio_started, say=utterance)
             return
         try:
-            transcript = await self.agent.stt.transcribe(
-                utterance.audio.pcm, utterance.audio.sample_rate
-            )
+            transcript = await self._transcribe(record, utterance)
         except VoxloopError as err:  # a named STT failure ends this turn, not the conversation
             log.warning("turn %d: speech to text failed: %s", record.index, err)
             record.error, record.cause = str(err), err
@@ -586,6 +604,24 @@ class Conversation:
         )
         if isinstance(record.cause, AudioDeviceError):  # the speaker was lost mid-answer
             self._device_lost(record.cause)
+
+    async def _transcribe(
+        self, record: TurnRecord, utterance: vad.SpeechPaused | vad.SpeechEnded
+    ) -> Transcript:
+        """The utterance's words: the early transcript started when the voice faded, if the
+        quiet lasted until this pause or end, else a call now. Cancelling abandons the wait."""
+        if self.early_stt is not None:
+            early = await self.early_stt.transcript_for(utterance.faded_at)
+            if early is not None:
+                if isinstance(utterance, vad.SpeechPaused):
+                    decided = utterance.t
+                else:
+                    decided = utterance.t_confirmed
+                assert utterance.faded_at is not None
+                head_start = round((decided - utterance.faded_at) * 1000, 1)
+                record.timeline.durations_ms["stt_head_start"] = head_start
+                return early
+        return await self.agent.stt.transcribe(utterance.audio.pcm, utterance.audio.sample_rate)
 
     def _settle(self, record: TurnRecord) -> None:
         """The turn is over: its playout marks, its segment, its events."""

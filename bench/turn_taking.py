@@ -121,6 +121,27 @@ class LineResult:
         return self.__dict__.copy()
 
 
+def _stages_ms(turn: Any) -> dict[str, Any]:
+    """Where the wait went: the pause and the transcript after the VAD's end of speech, and
+    the STT's and the turn detector's own compute time."""
+    end = turn.at("user_speech_end")
+
+    def after(mark: str) -> float | None:
+        t = turn.at(mark)
+        return None if t is None or end is None else round((t - end) * 1000, 1)
+
+    durations = turn.timeline.durations_ms
+    return {
+        "transcript": turn.transcript,
+        "paused_after_ms": after("user_paused"),
+        "transcript_after_ms": after("transcript"),
+        "stt_compute_ms": durations.get("stt_compute"),
+        "turn_detector_ms": durations.get("turn_detector"),
+        "turn_probability": durations.get("turn_probability"),
+        "stt_head_start_ms": durations.get("stt_head_start"),
+    }
+
+
 def judge(spoken: SpokenUtterance, start: float, turns: Sequence[Any]) -> LineResult:
     """Which turns belong to this line, was one of them cut before its end, how long the
     agent waited after the end."""
@@ -137,6 +158,7 @@ def judge(spoken: SpokenUtterance, start: float, turns: Sequence[Any]) -> LineRe
                 "user_speech_start": round(began - start, 3),
                 "user_speech_end": round(ended - start, 3),
                 "end_of_turn_wait_ms": turn.latency_ms("end_of_turn_wait"),
+                **_stages_ms(turn),
             }
         )
     result.cut_off = any(t.at("user_speech_end") < real_end - CUT_TOLERANCE_S for t in mine)
@@ -213,6 +235,13 @@ async def run_agent(
         "paused_waits_ms": [r.wait_ms for r in lines if r.paused and r.wait_ms is not None],
         "per_line": [r.to_json() for r in lines],
     }
+    early = conversation.early_stt
+    if early is not None:
+        result["early_stt"] = {
+            "started": early.started,
+            "skipped": early.skipped,
+            "used": early.used,
+        }
     if detector is not None:
         result["detector_calls"] = [
             {"audio_s": round(s, 3), "probability": g.probability, "compute_s": g.compute_seconds}

@@ -191,11 +191,17 @@ async def load_turn_detector(mode: str, *, progress: Progress | None = None) -> 
     return detector
 
 
+def remote_stt(url: str | None = None) -> bool:
+    """Whether `load_stt` picks an STT service (``url``, or $OPENAI_API_KEY) over the embedded
+    whisper: a service bills by the request, so the apps do not transcribe early for it."""
+    return bool(url or os.environ.get("OPENAI_API_KEY"))
+
+
 async def load_stt(url: str | None = None, *, progress: Progress | None = None) -> STT:
     """The STT: an OpenAI-compatible transcription endpoint when ``url`` is given or
     $OPENAI_API_KEY is set, else the embedded faster-whisper tiny.en (loaded here, once)."""
     key = os.environ.get("OPENAI_API_KEY") or None
-    if url or key:
+    if remote_stt(url):
         from plugins.openai.stt import OpenAISTT
 
         if progress:

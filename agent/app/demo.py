@@ -28,6 +28,7 @@ from agent.app.compose import (
     load_turn_detector,
     make_llm,
     make_tts,
+    remote_stt,
     stderr_progress,
     tools_notice,
     tts_endpoint,
@@ -175,6 +176,7 @@ async def run_demo(
                     sentence_mode=settings.sentence_mode,
                     warm_up=llm_ep.local and tts_ep.local,
                     first_clause=not tts_ep.local,  # the local server starts on it itself
+                    transcribe_early=not remote_stt(stt_url),
                 ),
                 turn_detector=detector,
             )

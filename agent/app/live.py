@@ -22,6 +22,7 @@ from agent.app.compose import (
     load_turn_detector,
     make_llm,
     make_tts,
+    remote_stt,
     stderr_progress,
     tools_notice,
     tts_endpoint,
@@ -65,6 +66,7 @@ def options_from(args: argparse.Namespace) -> AgentOptions:
         barge_in=BargeInRules(enabled=not args.no_barge_in, think_ahead=not args.no_think_ahead),
         echo=EchoConfig(enabled=not args.no_echo_guard),
         sentence_mode=args.sentence_mode,
+        transcribe_early=not remote_stt(args.stt_url),
     )
 
 
