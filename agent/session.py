@@ -114,13 +114,15 @@ class Session:
         on_audio: Callable[[], None] | None = None,
         say: str | None = None,
         go_ahead: anyio.Event | None = None,
+        on_hold: Callable[[], None] | None = None,
     ) -> TurnRecord:
         """Answer ``user_text``; fill and return ``record`` (a new one if None).
 
         ``on_audio`` is called once, when the answer's first audio reaches the output. With
         ``say``, the agent speaks that text instead of asking the LLM (a greeting) and
         ``user_text`` is not added to the history. ``go_ahead``: the turn is tentative (the
-        user only paused) until this event is set; tools are not run before it.
+        user only paused) until this event is set; tools are not run before it, and
+        ``on_hold`` is called when a tool round starts waiting for it.
 
         Cancelling this coroutine (barge-in, hang-up) ends the turn as interrupted: the TTS
         context is aborted and queued audio cleared (shielded, bounded), the history and
@@ -146,7 +148,7 @@ class Session:
             connection = getattr(stream, "connection_id", None)  # optional (see TTSStream)
             record.tts_connection = connection if isinstance(connection, int) else None
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self._speak, stream, record, spoken, say, go_ahead)
+                tg.start_soon(self._speak, stream, record, spoken, say, go_ahead, on_hold)
                 tg.start_soon(self._play, stream, record, on_audio)
         except BaseException as err:
             # A failure that names its cause (the TTS socket lost mid-turn, an output error)
@@ -177,6 +179,7 @@ class Session:
         spoken: list[str],
         say: str | None = None,
         go_ahead: anyio.Event | None = None,
+        on_hold: Callable[[], None] | None = None,
     ) -> None:
         """LLM deltas → chunker → socket, with tool rounds between; then exactly one flush
         after the last text, and the close.
@@ -189,6 +192,7 @@ class Session:
             TextChunker(sentence_mode=self.sentence_mode),
             spoken,
             go_ahead=go_ahead,
+            on_hold=on_hold,
             clause_pending=self.first_clause,
         )
         record.timeline.mark("llm_request", self.clock.now())
@@ -252,6 +256,8 @@ class Session:
                     text.unflushed = False
         elif isinstance(chunk, ToolsStarted):
             if text.go_ahead is not None:  # a tentative turn runs no tool before it stands
+                if not text.go_ahead.is_set() and text.on_hold is not None:
+                    text.on_hold()
                 await text.go_ahead.wait()
                 now = self.clock.now()
             timeline.mark_first("first_tool_call", now)
@@ -413,6 +419,7 @@ class _Spoken:
     full: list[str] = field(default_factory=list)
     unflushed: bool = False
     go_ahead: anyio.Event | None = None
+    on_hold: Callable[[], None] | None = None  # told when a tool round waits for go_ahead
     clause_pending: bool = False  # the first clause still gets a flush of its own
     filler: anyio.CancelScope | None = None
 

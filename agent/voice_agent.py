@@ -433,6 +433,26 @@ class Conversation:
             if tentative.transcribed.is_set() and sounds_unfinished(tentative.record.transcript):
                 tentative.record.timeline.durations_ms["turn_unfinished_words"] = 1.0
                 return
+            if self.floor.floor is not Floor.PREPARED:
+                # Decided, but its answer is not ready to be heard: the turn ends when it is
+                # (`_end_decided`), so a voice that comes back first (the next sentence after
+                # "Hello!") withdraws the answer as at any pause, and nothing is lost.
+                tentative.decided_at = self.detector.time
+                return
+        for event in self.detector.end_now():
+            self._heard(event)
+
+    def _end_decided(self, tentative: _Tentative | None) -> None:
+        """End the user's turn now if the turn detector said "complete" at this pause and the
+        tentative answer can be heard (its audio came), needs to stand (a tool round), or
+        ended by itself."""
+        if (
+            tentative is None
+            or tentative.decided_at is None
+            or tentative is not self._tentative
+            or tentative.serial != self._pauses
+        ):
+            return
         for event in self.detector.end_now():
             self._heard(event)
 
@@ -504,7 +524,10 @@ class Conversation:
         record, utterance = tentative.record, action.utterance
         assert isinstance(utterance, vad.SpeechEnded)
         record.timeline.mark("user_speech_end", utterance.t_end)
-        record.timeline.mark("end_of_turn", utterance.t_confirmed)
+        ended = utterance.t_confirmed  # or when the detector decided it, if that was sooner
+        if tentative.decided_at is not None:
+            ended = min(ended, tentative.decided_at)
+        record.timeline.mark("end_of_turn", ended)
         if tentative.guess is not None:
             _note_guess(record, tentative.guess)
         self.log.turns.append(record)
@@ -546,6 +569,7 @@ class Conversation:
                 await self._answer(record, utterance, tentative)
         finally:
             self._running = None
+            self._end_decided(tentative)  # it ended by itself after the detector's "complete"
             if tentative is not None and not tentative.committed.is_set():
                 self._withdraw(tentative)
             else:
@@ -574,6 +598,10 @@ class Conversation:
 
         def audio_started() -> None:
             self._feed(TurnAudioStarted(turn), self.transport.now())
+            self._end_decided(tentative)
+
+        def needs_go_ahead() -> None:  # a tentative turn's tool round waits for the commit
+            self._end_decided(tentative)
 
         if isinstance(utterance, str):  # the agent speaks first (a greeting)
             await self.session.respond("", record, on_audio=audio_started, say=utterance)
@@ -601,6 +629,7 @@ class Conversation:
             record,
             on_audio=audio_started,
             go_ahead=None if tentative is None else tentative.committed,
+            on_hold=needs_go_ahead,
         )
         if isinstance(record.cause, AudioDeviceError):  # the speaker was lost mid-answer
             self._device_lost(record.cause)
@@ -699,6 +728,7 @@ class _Tentative:
     transcribed: anyio.Event = field(default_factory=anyio.Event)  # its STT returned
     events: list[Event] = field(default_factory=list)  # held until the commit
     guess: TurnGuess | None = None
+    decided_at: float | None = None  # the detector's "complete", waiting for the answer
 
 
 #: How long a turn detector's "complete" waits for the words so far before it ends the turn.

@@ -6,8 +6,10 @@ with --turns simple questions and no interruptions. The answer starts at the use
 (thinking ahead) and is held until the turn really ends, so the stages overlap; per turn:
 
   end-of-turn wait   silence waited (and the turn detector) before the turn is over
-  work starts        the user's pause that started the answer (or the end of turn)
+  work starts        speech to text started: when the voice faded (`agent.early_stt`), else
+                     at the user's pause that started the answer (or the end of turn)
   STT compute        whisper tiny.en on the utterance
+  pause wait         an early transcript was ready before the pause that takes it
   LLM first token    request -> first token (model compute, through the local HTTP server)
   LLM until TTS      first token -> the TTS server starts synthesizing (the first clause, or
                      the schedule's first 50 characters, or the whole answer when shorter)
@@ -15,8 +17,8 @@ with --turns simple questions and no interruptions. The answer starts at the use
   held               the first audio was ready before the turn ended and waited for it
   framework          everything else: chunking, sockets, JSON/base64, thread hops, playout
 
-voice-to-voice = work starts + STT + LLM first token + LLM until TTS + TTS engine + held +
-framework. Targets: voice-to-voice median <= 1000 ms and p95 <= 1300 ms; framework <= 30 ms.
+voice-to-voice = work starts + STT + pause wait + LLM first token + LLM until TTS + TTS engine +
+held + framework. Targets: voice-to-voice median <= 1000 ms and p95 <= 1300 ms; framework <= 30 ms.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ QUESTIONS = (
 STAGES = (
     "work_starts",
     "stt_compute",
+    "pause_wait",
     "llm_first_token",
     "llm_until_tts",
     "tts_engine",
@@ -63,13 +66,15 @@ def breakdown(log: Any) -> list[dict[str, float]]:
         if v2v is None or waited is None or ttft is None or "tts_engine" not in d:
             continue
         spoke, ended = marks["user_speech_end"], marks["end_of_turn"]
-        started = min(marks.get("user_paused", ended), ended)
+        taken = min(marks.get("user_paused", ended), ended)  # the utterance the answer uses
+        started = taken - d.get("stt_head_start", 0.0) / 1000
         first_byte = marks["first_audio_byte"]
         row = {
             "voice_to_voice": v2v,
             "end_of_turn_wait": waited,
             "work_starts": (started - spoke) * 1000,
             "stt_compute": d["stt_compute"],
+            "pause_wait": max(0.0, taken - started - d["stt_compute"] / 1000) * 1000,
             "llm_first_token": ttft,
             "llm_until_tts": d["llm_until_tts"],
             "tts_engine": d["tts_engine"],

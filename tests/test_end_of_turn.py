@@ -12,7 +12,7 @@ import pytest
 
 from agent import LLM, Agent, AgentOptions, EndOfTurn, TurnGuess
 from agent.interfaces import ChatMessage, LLMChunk, TextDelta, ToolSchema, Transcript
-from agent.voice_agent import sounds_unfinished
+from agent.voice_agent import Conversation, sounds_unfinished
 from plugins.elevenlabs.client import ElevenLabsTTS, TTSConfig
 from plugins.elevenlabs.server import LocalTTSServer
 from plugins.virtual import VirtualTransport
@@ -82,27 +82,36 @@ class Mute:
         yield TextDelta("Okay.")
 
 
-async def end_of_turn_wait(heard: str) -> tuple[float, int]:
-    """One utterance with 1.5 s of silence after it; the turn's end-of-turn wait (ms), and how
-    often the detector was asked."""
+async def converse(
+    audio: bytes, heard: str, detector: AlwaysComplete, *, pause_ms: int = 200
+) -> Conversation:
+    """``audio`` said at 0.3 s into 4 s of the line (lockstep); the finished conversation."""
     transport = VirtualTransport(RATE, realtime=False, duration_s=4.0)
-    transport.inject(synthetic_speech(1.2, trailing_silence=0.0), at_seconds=0.3)
-    detector = AlwaysComplete()
+    transport.inject(audio, at_seconds=0.3)
     async with (
         LocalTTSServer(FakeToneEngine()) as server,
         ElevenLabsTTS(TTSConfig(output_format=f"pcm_{RATE}"), base_url=server.url) as tts,
     ):
         llm: LLM = Mute()
+        end = EndOfTurn(pause_ms=pause_ms, unsure_silence_ms=1000)
         agent = Agent(
             stt=SaysText(heard),
             llm=llm,
             tts=tts,
-            options=AgentOptions(end_of_turn=EndOfTurn(pause_ms=200, unsure_silence_ms=1000)),
+            options=AgentOptions(end_of_turn=end),
             turn_detector=detector,
         )
         with anyio.fail_after(20):
             async with transport.running(), agent.conversation(transport) as conversation:
                 await conversation.finished.wait()
+    return conversation
+
+
+async def end_of_turn_wait(heard: str) -> tuple[float, int]:
+    """One utterance with 1.5 s of silence after it; the turn's end-of-turn wait (ms), and how
+    often the detector was asked."""
+    detector = AlwaysComplete()
+    conversation = await converse(synthetic_speech(1.2, trailing_silence=0.0), heard, detector)
     (record,) = conversation.log.turns
     wait = record.latency_ms("end_of_turn_wait")
     assert wait is not None
@@ -117,3 +126,19 @@ async def test_a_complete_sounding_pause_ends_the_turn_at_once() -> None:
 async def test_hanging_words_overrule_the_detector_and_the_longer_silence_decides() -> None:
     wait, asked = await end_of_turn_wait("I would like to book a table for")
     assert asked == 1 and 1000 <= wait <= 1100  # the fallback silence
+
+
+async def test_a_voice_back_before_the_answer_is_ready_takes_the_decision_back() -> None:
+    # "Hello!", 250 ms of quiet, then the next sentence: the detector says "complete" at the
+    # pause, but the answer is not ready yet, so the voice coming back withdraws it, as at any
+    # pause; the user's turn is one, with the end decided after the second sentence.
+    first = synthetic_speech(0.6, trailing_silence=0.0)
+    second = synthetic_speech(0.8, seed=2, trailing_silence=0.0)
+    detector = AlwaysComplete()
+    audio = first + bytes(RATE // 4 * 2) + second
+    conversation = await converse(audio, "Hello!", detector, pause_ms=100)
+    (record,) = conversation.log.turns
+    assert detector.asked == 2 and conversation.withdrawn == 1
+    start, end = record.at("user_speech_start"), record.at("user_speech_end")
+    assert start is not None and end is not None
+    assert start < 0.4 and end == pytest.approx(0.3 + 0.6 + 0.25 + 0.8, abs=0.06)
