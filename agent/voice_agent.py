@@ -433,7 +433,7 @@ class Conversation:
             if tentative.transcribed.is_set() and sounds_unfinished(tentative.record.transcript):
                 tentative.record.timeline.durations_ms["turn_unfinished_words"] = 1.0
                 return
-            if self.floor.floor is not Floor.PREPARED:
+            if self.floor.floor is not Floor.PREPARED and not tentative.on_hold:
                 # Decided, but its answer is not ready to be heard: the turn ends when it is
                 # (`_end_decided`), so a voice that comes back first (the next sentence after
                 # "Hello!") withdraws the answer as at any pause, and nothing is lost.
@@ -601,6 +601,8 @@ class Conversation:
             self._end_decided(tentative)
 
         def needs_go_ahead() -> None:  # a tentative turn's tool round waits for the commit
+            if tentative is not None:
+                tentative.on_hold = True
             self._end_decided(tentative)
 
         if isinstance(utterance, str):  # the agent speaks first (a greeting)
@@ -729,6 +731,7 @@ class _Tentative:
     events: list[Event] = field(default_factory=list)  # held until the commit
     guess: TurnGuess | None = None
     decided_at: float | None = None  # the detector's "complete", waiting for the answer
+    on_hold: bool = False  # a tool round waits for the commit
 
 
 #: How long a turn detector's "complete" waits for the words so far before it ends the turn.

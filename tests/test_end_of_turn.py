@@ -10,8 +10,8 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from agent import LLM, Agent, AgentOptions, EndOfTurn, TurnGuess
-from agent.interfaces import ChatMessage, LLMChunk, TextDelta, ToolSchema, Transcript
+from agent import LLM, Agent, AgentOptions, EndOfTurn, TurnGuess, tool
+from agent.interfaces import ChatMessage, LLMChunk, TextDelta, ToolCall, ToolSchema, Transcript
 from agent.voice_agent import Conversation, sounds_unfinished
 from plugins.elevenlabs.client import ElevenLabsTTS, TTSConfig
 from plugins.elevenlabs.server import LocalTTSServer
@@ -142,3 +142,52 @@ async def test_a_voice_back_before_the_answer_is_ready_takes_the_decision_back()
     start, end = record.at("user_speech_start"), record.at("user_speech_end")
     assert start is not None and end is not None
     assert start < 0.4 and end == pytest.approx(0.3 + 0.6 + 0.25 + 0.8, abs=0.06)
+
+
+class AsksTheClock:
+    """A scripted LLM (fake): a call to ``clock`` first, then "It is noon." once it has the
+    result."""
+
+    async def stream(
+        self, messages: Sequence[ChatMessage], *, tools: Sequence[ToolSchema] = ()
+    ) -> AsyncGenerator[LLMChunk, None]:
+        await anyio.lowlevel.checkpoint()
+        if any(m.role == "tool" for m in messages):
+            yield TextDelta("It is noon.")
+        else:
+            yield ToolCall("call-1", "clock", "{}")
+
+
+async def test_a_tool_round_after_complete_ends_the_turn_without_waiting_for_audio() -> None:
+    # The answer's first need is a tool, which a tentative turn runs only once the turn stands:
+    # the detector's "complete" commits it there, not after the fallback silence.
+    ran: list[float] = []
+
+    @tool
+    def clock() -> str:
+        """The time of day."""
+        ran.append(1.0)
+        return "noon"
+
+    # In real time: in lockstep the line's clock runs ahead of the tool's thread.
+    transport = VirtualTransport(RATE, realtime=True, duration_s=2.5)
+    transport.inject(synthetic_speech(1.0, trailing_silence=0.0), at_seconds=0.3)
+    async with (
+        LocalTTSServer(FakeToneEngine()) as server,
+        ElevenLabsTTS(TTSConfig(output_format=f"pcm_{RATE}"), base_url=server.url) as tts,
+    ):
+        agent = Agent(
+            stt=SaysText("What time is it?"),
+            llm=AsksTheClock(),
+            tts=tts,
+            tools=[clock],
+            options=AgentOptions(end_of_turn=EndOfTurn(pause_ms=100, unsure_silence_ms=1000)),
+            turn_detector=AlwaysComplete(),
+        )
+        with anyio.fail_after(20):
+            async with transport.running(), agent.conversation(transport) as conversation:
+                await conversation.finished.wait()
+    (record,) = conversation.log.turns
+    spoke, tool_call = record.at("user_speech_end"), record.at("first_tool_call")
+    assert ran and spoke is not None and tool_call is not None
+    assert tool_call - spoke < 0.6  # the fallback silence would be 1 s
