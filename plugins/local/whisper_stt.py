@@ -329,7 +329,9 @@ class WhisperSTT:
         if heard.fallback is not None:
             log.debug(
                 "whisper: %.1f s of audio re-decoded on the 30 s window (%.0f ms): %s",
-                heard.audio_seconds, heard.compute_seconds * 1000, heard.fallback,
+                heard.audio_seconds,
+                heard.compute_seconds * 1000,
+                heard.fallback,
             )
         return Transcript(
             text=heard.text,
@@ -372,9 +374,14 @@ class WhisperSTT:
                     avg_logprob=attempt.avg_logprob,
                     no_speech_prob=attempt.no_speech_prob,
                 )
+                text = attempt.text
+                if not samples.any():
+                    # Digital silence (an engine warm-up, a muted line) has no words: the short
+                    # pass warmed the model, and the 30 s window would only confirm "" (~700 ms).
+                    text, fallback = "", None
                 if fallback is None:
                     return Recognition(
-                        text=attempt.text,
+                        text=text,
                         audio_seconds=audio_seconds,
                         compute_seconds=time.perf_counter() - started,
                         window="short",
