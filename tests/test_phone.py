@@ -157,7 +157,8 @@ async def test_an_answer_withdrawn_at_a_pause_sends_the_line_no_clear(
     (conversation,) = bot.finished
     assert conversation.withdrawn >= 1, "the pause started an answer that was withdrawn"
     (turn,) = conversation.log.turns
-    assert "four" in turn.transcript.lower() and turn.heard_text == "Noted."
+    # one turn for the whole sentence ("four" is sometimes heard as "for": 8 kHz, tiny.en)
+    assert "people tonight" in turn.transcript.lower() and turn.heard_text == "Noted."
     assert result.clears == 0
 
 
