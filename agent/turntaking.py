@@ -31,8 +31,11 @@ is free: one answer at a time, in order.
 from __future__ import annotations
 
 import enum
+import functools
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Generic, TypeVar
 
 __all__ = [
@@ -256,6 +259,14 @@ Row = tuple[Floor, tuple[_Do, ...]]
 _NOTHING: tuple[_Do, ...] = ()
 
 
+@functools.cache
+def _shared_table(rules: BargeInRules) -> Mapping[tuple[Floor, type], Row]:
+    """`build_table` once per set of rules, shared read-only by every conversation: a phone
+    server with a hundred calls would otherwise hold a hundred copies (~250 objects each) for
+    the garbage collector to walk."""
+    return MappingProxyType(build_table(rules))
+
+
 def build_table(rules: BargeInRules) -> dict[tuple[Floor, type], Row]:
     """Every rule of turn-taking for ``rules``: (floor, event type) -> (next floor, steps).
     An event with no row changes nothing (a stale or irrelevant event)."""
@@ -334,7 +345,7 @@ class TurnTaking(Generic[U]):
 
     def __init__(self, rules: BargeInRules | None = None) -> None:
         self.rules = rules or BargeInRules()
-        self.table = build_table(self.rules)
+        self.table = _shared_table(self.rules)
         self.floor = Floor.LISTENING
         self.user = UserState.SILENT
         self.turn: int | None = None

@@ -268,6 +268,16 @@ def test_every_row_leads_to_a_real_floor_and_the_table_is_small() -> None:
         assert floor is not Floor.ENDED and isinstance(nxt, Floor)
 
 
+def test_conversations_with_the_same_rules_share_one_read_only_table() -> None:
+    """A hundred calls hold one table, not a hundred (the garbage collector walks each)."""
+    a: TurnTaking[str] = TurnTaking()
+    b: TurnTaking[str] = TurnTaking()
+    quiet: TurnTaking[str] = TurnTaking(BargeInRules(enabled=False))
+    assert a.table is b.table and quiet.table is not a.table
+    with pytest.raises(TypeError):
+        a.table[(Floor.LISTENING, HangUp)] = (Floor.ENDED, ())  # type: ignore[index]
+
+
 # -- thinking ahead: a tentative turn at the user's first pause ------------------------------
 
 
