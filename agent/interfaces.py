@@ -6,7 +6,7 @@ imports a vendor. Implementations live in `plugins/`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
@@ -228,6 +228,20 @@ class Transport(Protocol):
 
     def now(self) -> float:
         """The conversation's clock: seconds of stream time since the line opened."""
+        ...
+
+
+@runtime_checkable
+class FramePushTransport(Protocol):
+    """A transport that can hand each microphone frame to a callback as it arrives, in the
+    task that read it, instead of through `mic_frames` (a queue and a task switch per frame:
+    a server with many lines, such as a phone server, spends much of its CPU there)."""
+
+    async def deliver_frames(self, sink: Callable[[AudioFrame], None]) -> None:
+        """Call ``sink(frame)`` for each frame, frames already queued first, until the line
+        ends; then return. ``sink`` runs in the transport's reader and must not block; an
+        exception from it stops the delivery and is raised here. Cancelling stops the
+        delivery: later frames queue for `mic_frames` (dropped once the queue is full)."""
         ...
 
 

@@ -47,6 +47,7 @@ from agent.interfaces import (
     STT,
     TTS,
     ChatMessage,
+    FramePushTransport,
     Transcript,
     Transport,
     TurnDetector,
@@ -366,8 +367,11 @@ class Conversation:
         self._emit(StateChanged(self.state, self.transport.now()))
         with self._listening:
             try:
-                async for frame in self.transport.mic_frames():
-                    self.handle_frame(frame)
+                if isinstance(self.transport, FramePushTransport):
+                    await self.transport.deliver_frames(self.handle_frame)
+                else:
+                    async for frame in self.transport.mic_frames():
+                        self.handle_frame(frame)
             except AudioDeviceError as err:
                 self._device_lost(err)
         self.hang_up()
@@ -376,7 +380,9 @@ class Conversation:
         """Echo guard, VAD and turn-taking for one microphone frame; acts at once."""
         started = time.perf_counter()
         pcm = self.guard.process(frame.pcm, self.output.level)
-        events = self.detector.feed(AudioFrame(pcm, frame.sample_rate))
+        if pcm is not frame.pcm:  # the guard gated it
+            frame = AudioFrame(pcm, frame.sample_rate)
+        events = self.detector.feed(frame)
         self.vad_seconds += time.perf_counter() - started
         for event in events:
             self._heard(event)

@@ -26,7 +26,8 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from plugins.twilio.call import CallRecord, CallSettings
+from agent.audio import AudioFrame
+from plugins.twilio.call import CallRecord, CallSettings, TwilioCall
 from plugins.twilio.caller import (
     CallFailed,
     CallResult,
@@ -398,3 +399,60 @@ async def test_sigterm_drains_a_live_call_then_the_server_exits() -> None:
                 proc.kill()
     assert results[0].media_in == 50 and results[0].hung_up_by == "caller"
     assert out.strip() == "finished 1 caller hung up (stop)"
+
+
+async def test_frames_delivered_to_a_sink_arrive_in_order_and_a_failing_sink_is_raised() -> None:
+    """`TwilioCall.deliver_frames` hands each caller frame to the sink as it arrives (what a
+    conversation uses: no queue, no task switch), frames queued before it first; an exception
+    from the sink stops the delivery and is raised there, and the call goes on."""
+    got: list[bytes] = []
+    raised: list[str] = []
+    after: list[int] = []
+
+    async def bot(call: TwilioCall) -> None:
+        await anyio.sleep(0.2)  # ~10 frames queue for mic_frames meanwhile
+
+        def sink(frame: AudioFrame) -> None:
+            got.append(frame.pcm)
+            if len(got) == 30:
+                raise ValueError("sink failed on frame 30")
+
+        try:
+            await call.deliver_frames(sink)
+        except ValueError as err:
+            raised.append(str(err))
+        n = 0
+        async for _frame in call.mic_frames():  # the queue takes over again
+            n += 1
+        after.append(n)
+
+    voice = tone(1.2, hz=300.0, level=0.5)
+    async with phone(bot) as (app, url):
+        result = await place_call(url, CallScript(steps=[Say(voice, at=0.0)], max_seconds=1.4))
+        await wait_finished(app, 1)
+    assert raised == ["sink failed on frame 30"]
+    assert len(got) == 30
+    # the first 30 frames the caller sent, in order (the caller keeps them as they decode)
+    heard = b"".join(got)
+    assert heard == result.caller_pcm[: len(heard)]
+    assert after and after[0] > 10  # mic_frames got the frames after the failure
+
+
+async def test_delivery_ends_when_the_caller_hangs_up() -> None:
+    counts: list[int] = []
+
+    async def bot(call: TwilioCall) -> None:
+        n = [0]
+
+        def sink(frame: AudioFrame) -> None:
+            n[0] += 1
+
+        with anyio.fail_after(5):
+            await call.deliver_frames(sink)
+        counts.append(n[0])
+
+    async with phone(bot) as (app, url):
+        result = await place_call(url, CallScript(max_seconds=0.5))
+        await wait_finished(app, 1)
+    sent = len(result.caller_pcm) // 320  # 20 ms frames at 8 kHz
+    assert sent > 15 and counts and sent - 2 <= counts[0] <= sent

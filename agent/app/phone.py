@@ -41,7 +41,7 @@ from agent.app.compose import (
     tts_endpoint,
 )
 from agent.app.live import add_listening_options, options_from
-from agent.audio import read_wav, resample, write_stereo_wav
+from agent.audio import AudioFrame, read_wav, resample, ulaw_decode, write_stereo_wav
 from agent.echo import EchoConfig
 from agent.errors import VoxloopError
 from agent.events import AgentSaid, Dtmf, ErrorEvent, Interrupted, UserSaid
@@ -99,8 +99,11 @@ class PhoneBot:
         its files. Cancelling ends the conversation (cleanup shielded) and writes nothing."""
         sid = call.call_sid or "call"
         self.calls.append(call)
-        call.output.recording = bytearray()
-        caller = bytearray()
+        # The call's audio is kept only to be written (with out_dir): recording costs each
+        # frame a decode and a copy, a good part of a server's CPU with many calls.
+        keep = self.out_dir is not None
+        call.output.recording = bytearray() if keep else None
+        caller: bytearray | None = bytearray() if keep else None
         self.say(f"[{sid}] call from {call.info.custom_parameters.get('From', 'unknown')}")
         # ulaw_8000, passed to Twilio as it comes: no decoding and re-encoding on the way
         ulaw = make_tts(
@@ -126,10 +129,11 @@ class PhoneBot:
                 tg.cancel_scope.cancel()
         self.finished.append(conversation)
         self.say(f"[{sid}] call ended: {call.end_reason or 'hung up'}")
-        if self.out_dir is not None:
+        if self.out_dir is not None and caller is not None:
             folder = self.out_dir / re.sub(r"[^A-Za-z0-9_-]", "_", sid)
+            bot = ulaw_decode(bytes(call.output.recording or b""))
             files = await anyio.to_thread.run_sync(
-                _write_call, folder, conversation, bytes(caller), bytes(call.output.recording)
+                _write_call, folder, conversation, bytes(caller), bot
             )
             self.say(f"[{sid}] wrote {', '.join(str(p) for p in files)}")
         call.output.recording = None  # written: do not keep the audio
@@ -151,7 +155,7 @@ class PhoneBot:
 class _RecordedLine:
     """The call as the conversation's transport, keeping what the caller said."""
 
-    def __init__(self, call: TwilioCall, caller: bytearray) -> None:
+    def __init__(self, call: TwilioCall, caller: bytearray | None) -> None:
         self.call = call
         self.caller = caller
         self.sample_rate = call.sample_rate
@@ -162,8 +166,23 @@ class _RecordedLine:
 
     async def mic_frames(self) -> Any:
         async for frame in self.call.mic_frames():
-            self.caller.extend(frame.pcm)
+            if self.caller is not None:
+                self.caller.extend(frame.pcm)
             yield frame
+
+    async def deliver_frames(self, sink: Callable[[AudioFrame], None]) -> None:
+        """The call's frames handed to ``sink`` as they arrive (`TwilioCall.deliver_frames`),
+        recorded first (when kept). Cancelling stops the delivery."""
+        caller = self.caller
+        if caller is None:
+            await self.call.deliver_frames(sink)
+            return
+
+        def take(frame: AudioFrame) -> None:
+            caller.extend(frame.pcm)
+            sink(frame)
+
+        await self.call.deliver_frames(take)
 
 
 async def _forward_keys(call: TwilioCall, conversation: Conversation) -> None:

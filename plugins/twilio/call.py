@@ -18,6 +18,7 @@ fatal one closes this call's socket with a clear reason and touches no other cal
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -45,6 +46,8 @@ from .protocol import (
 )
 
 log = logging.getLogger("voxloop.twilio")
+
+ULAW_SILENCE = b"\xff"  # μ-law's code for zero
 
 STREAM_TOKEN_PARAM = "voxloop_stream_token"
 """The `<Parameter>` that carries a validated webhook's one-time token to the media stream."""
@@ -93,7 +96,8 @@ class TwilioOutput:
         self.clock: Callable[[], float] = anyio.current_time
         self._first_at: float | None = None  # when this turn's first frame went out
         self._end_at: float | None = None  # when what was sent so far ends playing
-        #: set to a bytearray to record what went out (PCM16, 8 kHz) on the call's clock
+        #: set to a bytearray to record what went out on the call's clock: μ-law as sent, one
+        #: byte per 8 kHz sample, silence (0xFF) where nothing played; `ulaw_decode` it
         self.recording: bytearray | None = None
 
     def _notify(self) -> None:
@@ -148,7 +152,7 @@ class TwilioOutput:
         if self._end_at is not None and self._end_at > now:
             self._end_at = now
             if self.recording is not None:
-                del self.recording[round(now * SAMPLE_RATE) * 2 :]
+                del self.recording[round(now * SAMPLE_RATE) :]
         self.clears += 1
         self._wake()
         self._notify()
@@ -193,10 +197,10 @@ class TwilioOutput:
         start = max(now, self._end_at or now)
         self._end_at = start + FRAME_SECONDS
         if self.recording is not None:
-            at = round(start * SAMPLE_RATE) * 2
+            at = round(start * SAMPLE_RATE)
             if len(self.recording) < at:
-                self.recording.extend(bytes(at - len(self.recording)))
-            self.recording[at:] = ulaw_decode(ulaw)
+                self.recording.extend(ULAW_SILENCE * (at - len(self.recording)))
+            self.recording[at:] = ulaw
 
     def resume(self) -> None:
         self._pacer.resume()
@@ -247,6 +251,9 @@ class TwilioCall:
         self.mic_overruns = 0
         self._mic_samples = 0
         self._mic_seen_at = anyio.current_time()
+        self._sink: Callable[[AudioFrame], None] | None = None
+        self._sink_stopped: anyio.Event | None = None
+        self._sink_error: BaseException | None = None
         output.clock = self.now
 
     def now(self) -> float:
@@ -263,9 +270,63 @@ class TwilioCall:
         """The caller's voice, 20 ms PCM16 frames at 8 kHz, until the call ends. Cancelling
         stops reading (frames keep arriving and are dropped once 1 s is queued)."""
         async for frame in self._mic:
-            self._mic_samples += len(frame.pcm) // 2
-            self._mic_seen_at = anyio.current_time()
+            self._took(frame)
             yield frame
+
+    async def deliver_frames(self, sink: Callable[[AudioFrame], None]) -> None:
+        """The caller's voice as `mic_frames` gives it, but each frame handed to ``sink`` in
+        the call's reader as it arrives (no queue, no task switch: a server with many calls
+        spends a good part of its CPU on those). Frames queued before are handed over first.
+        Returns when the call ends; an exception from ``sink`` stops the delivery and is
+        raised here. Cancelling stops the delivery: later frames queue for `mic_frames`."""
+        if self._sink is not None:
+            raise RuntimeError("this call already delivers its frames to a sink")
+        while True:
+            try:
+                frame = self._mic.receive_nowait()
+            except anyio.WouldBlock:
+                break
+            except (anyio.EndOfStream, anyio.ClosedResourceError):
+                return
+            self._took(frame)
+            sink(frame)
+        if self.ended.is_set():
+            return
+        stopped = self._sink_stopped = anyio.Event()
+        self._sink_error = None
+        self._sink = sink
+        try:
+            await stopped.wait()
+        finally:
+            self._sink = None
+        if self._sink_error is not None:
+            raise self._sink_error
+
+    def _end(self, reason: str) -> None:
+        """The call ended (`run_call` calls this): `ended` is set, a delivery returns."""
+        self.end_reason = reason
+        self.ended.set()
+        if self._sink_stopped is not None:
+            self._sink_stopped.set()
+
+    def _took(self, frame: AudioFrame) -> None:
+        self._mic_samples += len(frame.pcm) // 2
+        self._mic_seen_at = anyio.current_time()
+
+    def _push(self, frame: AudioFrame) -> bool:
+        """Hand ``frame`` to the sink `deliver_frames` set, if any (the reader calls this)."""
+        sink = self._sink
+        if sink is None:
+            return False
+        self._took(frame)
+        try:
+            sink(frame)
+        except Exception as err:  # raised from deliver_frames, in the conversation's task
+            self._sink = None
+            self._sink_error = err
+            if self._sink_stopped is not None:
+                self._sink_stopped.set()
+        return True
 
     async def dtmf(self) -> AsyncIterator[str]:
         """Digits the caller pressed, in order, until the call ends. Cancelling stops reading."""
@@ -311,6 +372,49 @@ class CallRecord:
     refused: str | None = None
 
 
+class _Alarm:
+    """The writer's sleep: until a deadline or a `wake()`, whichever comes first; a wake that
+    comes while the writer works makes its next sleep return at once.
+
+    A cancel scope that times out costs ~30 µs on asyncio (its cancellation is delivered as
+    an exception), and the writer sleeps until its next frame's deadline 50 times a second
+    per call while the bot speaks; so it waits on a bare asyncio future with a timer. That
+    needs the asyncio backend, as uvicorn and websockets do. Cancelling `sleep` (any anyio
+    cancel scope around it) cancels the future and stops waiting.
+    """
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._woken = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    def wake(self) -> None:
+        self._woken = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def sleep(self, seconds: float) -> None:
+        if self._woken or seconds <= 0:
+            await anyio.lowlevel.checkpoint()
+        else:
+            waiter = self._waiter = self._loop.create_future()
+            timer = None if math.isinf(seconds) else self._loop.call_later(
+                seconds, _settle, waiter)
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+                if timer is not None:
+                    timer.cancel()
+        self._woken = False
+
+
+def _settle(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 async def run_call(
     socket: MessageSocket,
     handler: CallHandler,
@@ -327,13 +431,11 @@ async def run_call(
     rec = record if record is not None else CallRecord()
     protocol = BotProtocol(limits=settings.limits)
     pacer = OutboundPacer(lead=settings.lead, mark_every=settings.mark_every)
-    wake_event = anyio.Event()
+    alarm = _Alarm()
+    wake = alarm.wake
     done = anyio.Event()
     counts: dict[str, int] = {}
     rec.violations = counts
-
-    def wake() -> None:
-        wake_event.set()
 
     output = TwilioOutput(pacer, protocol, wake)
     mic_send: MemoryObjectSendStream[AudioFrame]
@@ -354,8 +456,7 @@ async def run_call(
         dtmf_send.close()
         output._close()
         if call is not None:
-            call.end_reason = reason
-            call.ended.set()
+            call._end(reason)
         done.set()
         wake()
 
@@ -385,10 +486,13 @@ async def run_call(
                 end("caller closed the socket")
                 return
             events = protocol.receive(message, now)
+            only_media = True
             for event in events:
-                if isinstance(event, MediaReceived):
+                if type(event) is MediaReceived:
                     rec.frames_in += 1
                     frame = AudioFrame(ulaw_decode(event.payload), SAMPLE_RATE)
+                    if call is not None and call._push(frame):
+                        continue
                     try:
                         mic_send.send_nowait(frame)
                     except anyio.WouldBlock:
@@ -396,7 +500,9 @@ async def run_call(
                             call.mic_overruns += 1
                     except (anyio.ClosedResourceError, anyio.BrokenResourceError):
                         pass
-                elif isinstance(event, MarkEchoed):
+                    continue
+                only_media = False
+                if isinstance(event, MarkEchoed):
                     rec.marks_echoed += 1
                     if pacer.mark_echoed(event.name):
                         output._notify()
@@ -429,9 +535,7 @@ async def run_call(
                     on_violation(event)
             # The writer only has work after an echoed mark (room ahead of the far end), a
             # reply or close the protocol queued, or the end; not after each caller frame.
-            if protocol.has_data_to_send or done.is_set() or not all(
-                isinstance(e, MediaReceived) for e in events
-            ):
+            if protocol.has_data_to_send or done.is_set() or not only_media:
                 wake()
 
     def hang_up(reason: str) -> None:
@@ -456,7 +560,6 @@ async def run_call(
             writer_done.set()
 
     async def write_loop() -> None:
-        nonlocal wake_event
         while True:
             now = anyio.current_time()
             for event in protocol.tick(now):
@@ -481,11 +584,7 @@ async def run_call(
                 d for d in (protocol.next_deadline(), pacer.next_deadline()) if d is not None
             ]
             timeout = min(deadlines) - anyio.current_time() if deadlines else math.inf
-            if timeout > 0:
-                with anyio.move_on_after(timeout):
-                    await wake_event.wait()
-            if wake_event.is_set():
-                wake_event = anyio.Event()
+            await alarm.sleep(timeout)
 
     protocol.connection_made(anyio.current_time())
     try:
