@@ -99,6 +99,19 @@ def test_outbound_messages_carry_the_stream_sid() -> None:
     ]
 
 
+@pytest.mark.parametrize("sid", [SID, 'MZ"quoted\\', "MZ\u00e9\u2028"])
+def test_a_media_message_is_written_as_json_dumps_writes_it(sid: str) -> None:
+    """Media messages are written from a template made once per stream (the stream sid
+    serialized once); the text must be exactly the dialect's message, whatever the sid holds."""
+    p = BotProtocol()
+    p.receive_text(json.dumps(TWILIO.encode_start(1, sid, "CA1", "AC1", {})), 0.0)
+    for frame in (FRAME, bytes(range(160)), b"\xff" * 7):
+        p.send_media(frame)
+        [text] = p.data_to_send()
+        payload = base64.b64encode(frame).decode()
+        assert text == json.dumps(TWILIO.encode_media(sid, payload), separators=(",", ":"))
+
+
 def test_sending_before_start_is_a_clear_error() -> None:
     with pytest.raises(ProtocolStateError, match="before its start"):
         BotProtocol().send_media(FRAME)

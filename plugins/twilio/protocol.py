@@ -278,6 +278,20 @@ def _int(obj: object, key: str) -> int | None:
     return None
 
 
+_PAYLOAD_SLOT = "\x00payload\x00"
+
+
+def _template(message: dict[str, Any]) -> tuple[str, str]:
+    """``message`` serialized around the one string value `_PAYLOAD_SLOT`: what comes before
+    it and after it."""
+    text = json.dumps(message, separators=(",", ":"))
+    slot = json.dumps(_PAYLOAD_SLOT)[1:-1]
+    before, found, after = text.partition(slot)
+    if not found or slot in after:
+        raise ValueError("a dialect's media message must hold its payload once, as a string")
+    return before, after
+
+
 def _b64(payload: str) -> bytes | None:
     try:
         return base64.b64decode(payload, validate=True)
@@ -297,6 +311,7 @@ class BotProtocol(_Base[BotEvent]):
     _start_deadline: float | None = None
     _first_audio_at: float | None = None
     _audio_bytes: int = 0
+    _media_template: tuple[str, str] | None = None
 
     def connection_made(self, now: float) -> None:
         """Start the `start_timeout` clock (also started by the first message)."""
@@ -436,7 +451,13 @@ class BotProtocol(_Base[BotEvent]):
         if self._closed is not None or self.stopped:
             return
         payload = base64.b64encode(ulaw).decode("ascii")
-        self._send(self.dialect.encode_media(self._sid(), payload))
+        template = self._media_template
+        if template is None:
+            template = self._media_template = _template(
+                self.dialect.encode_media(self._sid(), _PAYLOAD_SLOT))
+        # The dialect's message with this payload, as json.dumps would write it: base64 has
+        # nothing to escape, so it goes between the rest, serialized once per stream.
+        self._out.append(template[0] + payload + template[1])
 
     def send_mark(self, name: str) -> None:
         if self._closed is not None or self.stopped:

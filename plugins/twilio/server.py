@@ -51,9 +51,15 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
-from starlette.websockets import WebSocket
 
-from plugins.asgi import StarletteSocket, loopback, tcp_socket
+from plugins.asgi import (
+    AsgiSocket,
+    AsgiWebSocketApp,
+    HeapKeeper,
+    loopback,
+    tcp_socket,
+    uvicorn_ws_protocol,
+)
 
 from .call import (
     STREAM_TOKEN_PARAM,
@@ -125,10 +131,12 @@ class PhoneApp:
         self._idle = anyio.Event()
         self._idle.set()
         self._next_id = 0
+        #: the process's garbage-collection policy while it serves calls (`serve` sets one)
+        self.heap: HeapKeeper | None = None
         c = self.config
         self.asgi = Starlette(routes=[
             Route(c.voice_path, self._voice, methods=["GET", "POST"]),
-            WebSocketRoute(c.media_path, self._media),
+            WebSocketRoute(c.media_path, AsgiWebSocketApp(self._media)),
             Route(c.health_path, self._health, methods=["GET"]),
         ])
 
@@ -200,9 +208,9 @@ class PhoneApp:
         return self.tokens.redeem(info.custom_parameters.get(STREAM_TOKEN_PARAM),
                                   info.call_sid, anyio.current_time())
 
-    async def _media(self, ws: WebSocket) -> None:
-        await ws.accept()
-        socket = StarletteSocket(ws)
+    async def _media(self, socket: AsgiSocket) -> None:
+        if not await socket.accept():
+            return
         if self.draining:
             await socket.close(1013, "server draining: try again later")
             return
@@ -214,6 +222,8 @@ class PhoneApp:
         record = CallRecord()
         self.live[key] = record
         self._idle = anyio.Event() if self._idle.is_set() else self._idle
+        if self.heap is not None:
+            self.heap.busy()
         try:
             await run_call(socket, self.handler, settings=self.config.call,
                            check_start=self._check_start, record=record)
@@ -222,6 +232,8 @@ class PhoneApp:
             self.finished.append(record)
             if not self.live:
                 self._idle.set()
+                if self.heap is not None:
+                    self.heap.idle()
             log.info("call %s ended: %s", record.call_sid or "(not started)", record.end_reason)
 
 
@@ -255,7 +267,7 @@ def uvicorn_config(app: PhoneApp, host: str, port: int, **kwargs: Any) -> Any:
     import uvicorn
 
     return uvicorn.Config(
-        app.asgi, host=host, port=port, ws="websockets-sansio", lifespan="off",
+        app.asgi, host=host, port=port, ws=uvicorn_ws_protocol(), lifespan="off",
         ws_max_size=max(MAX_MESSAGE_CHARS * 16, 1 << 20), log_level="warning",
         # Twilio does not compress; a caller that offers it would cost both sides a zlib
         # pass per 20 ms frame for base64 that shrinks by a quarter.
@@ -295,8 +307,11 @@ async def serve(
             await app.wait_idle()
         runner.server.should_exit = True
 
+    app.heap = HeapKeeper()
+    app.heap.start()
     async with anyio.create_task_group() as tg:
         tg.start_soon(stop_when_drained)
+        tg.start_soon(app.heap.run)
         if started is not None:
             tg.start_soon(_signal_started, runner, started)
         if reuse_port:
@@ -310,6 +325,7 @@ async def serve(
         else:
             await runner.server.serve()
         tg.cancel_scope.cancel()
+    app.heap.stop()
     return app
 
 

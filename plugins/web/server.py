@@ -39,7 +39,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from plugins.asgi import StarletteSocket, loopback, tcp_socket
+from plugins.asgi import StarletteSocket, loopback, tcp_socket, uvicorn_ws_protocol
 
 from .tab import TabHandler, TabRecord, TabSettings, run_tab
 
@@ -174,7 +174,7 @@ def uvicorn_config(app: WebApp, host: str, port: int, **kwargs: Any) -> Any:
     import uvicorn
 
     return uvicorn.Config(
-        app.asgi, host=host, port=port, ws="websockets-sansio", lifespan="off",
+        app.asgi, host=host, port=port, ws=uvicorn_ws_protocol(), lifespan="off",
         ws_max_size=64 * 1024, log_level="warning", timeout_graceful_shutdown=3, **kwargs)
 
 
