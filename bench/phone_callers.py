@@ -31,6 +31,7 @@ import anyio
 
 from agent.app.phone import caller_voice
 from bench._report import percentile
+from plugins.asgi import HeapKeeper
 from plugins.twilio import CallResult, CallScript, Say, place_call
 
 QUESTIONS = (
@@ -57,26 +58,35 @@ def make_voices(folder: Path, texts: list[str], rate: int = 8000) -> list[Path]:
     return paths
 
 
-def reply_gaps(result: CallResult) -> list[float]:
-    """Gaps between consecutive bot frames within one reply. A reply is the bot's frames between
-    two of the caller's utterances (the greeting before the first, the last answer after the
-    last); the silence between replies is not a gap."""
+def reply_gaps(result: CallResult) -> list[tuple[float, float]]:
+    """Gaps between consecutive bot frames within one reply, each with when it ended (s into
+    the call). A reply is the bot's frames between two of the caller's utterances (the
+    greeting before the first, the last answer after the last); the silence between replies
+    is not a gap."""
     says = [t for t, what in result.timeline if what.startswith("say")]
-    gaps: list[float] = []
+    gaps: list[tuple[float, float]] = []
     bounds = [0.0, *says, float("inf")]
     for lo, hi in itertools.pairwise(bounds):
         times = [t for t in result.media_times if lo <= t < hi]
-        gaps += [b - a for a, b in itertools.pairwise(times)]
+        gaps += [(b - a, b) for a, b in itertools.pairwise(times)]
     return gaps
 
 
-def call_report(sid: str, result: CallResult) -> dict[str, Any]:
+def call_report(sid: str, result: CallResult, started: float = 0.0) -> dict[str, Any]:
+    """One call's figures; ``started``: when the call began, in seconds into the run (the
+    largest gap's time is given on that clock, to line gaps up across calls)."""
     gaps = reply_gaps(result)
+    worst = max(gaps, default=(0.0, 0.0))
     return {
         "call_sid": sid,
         "first_audio_s": [round(x, 4) for x in result.response_latencies],
-        "max_gap_s": round(max(gaps, default=0.0), 4),
-        "late_frames": sum(1 for g in gaps if g > 2 * FRAME_S + 1e-9),
+        "max_gap_s": round(worst[0], 4),
+        "max_gap_at_s": round(started + worst[1], 3),
+        "late_frames": sum(1 for g, _ in gaps if g > 2 * FRAME_S + 1e-9),
+        # each gap over two frames, with when it ended (s into the run): up to 50
+        "late_gaps": [
+            (round(g, 4), round(started + at, 3)) for g, at in gaps if g > 2 * FRAME_S + 1e-9
+        ][:50],
         "frames_in": result.media_in,
         "seconds": round(len(result.caller_pcm) / 2 / 8000, 3),
         "clears": result.clears,
@@ -86,12 +96,22 @@ def call_report(sid: str, result: CallResult) -> dict[str, Any]:
     }
 
 
-async def lag_probe(samples: list[float], stop: anyio.Event, period: float = 0.005) -> None:
-    """Record how late a `period` sleep wakes up, until `stop`."""
+SPIKE_S = 0.015  # a loop lag worth naming with its time in the report
+
+
+async def lag_probe(
+    samples: list[float], stop: anyio.Event, period: float = 0.005,
+    spikes: list[tuple[float, float]] | None = None,
+) -> None:
+    """Record how late a `period` sleep wakes up, until `stop`; lags over `SPIKE_S` also go
+    to ``spikes`` with when they ended (``time.perf_counter()``)."""
     while not stop.is_set():
         t = time.perf_counter()
         await anyio.sleep(period)
-        samples.append(time.perf_counter() - t - period)
+        now = time.perf_counter()
+        samples.append(now - t - period)
+        if spikes is not None and now - t - period > SPIKE_S:
+            spikes.append((round(now, 3), round(now - t - period, 4)))
 
 
 async def run_calls(
@@ -109,6 +129,7 @@ async def run_calls(
     of `voices`), so N calls are live for most of the run and call set-up is part of it."""
     calls: list[dict[str, Any]] = []
     lags: list[float] = []
+    spikes: list[tuple[float, float]] = []
     stop = anyio.Event()
     cpu0, t0 = time.process_time(), time.perf_counter()
 
@@ -124,14 +145,15 @@ async def run_calls(
                 max_seconds=max_seconds,
                 call_sid=sid,
             )
+            started = time.perf_counter() - t0
             try:
-                calls.append(call_report(sid, await place_call(url, script)))
+                calls.append(call_report(sid, await place_call(url, script), started))
             except Exception as err:  # a failed call is a result, not a crash of the run
                 calls.append({"call_sid": sid, "error": f"{type(err).__name__}: {err}"})
 
     with anyio.move_on_after(rounds * max_seconds + stagger + 30):
         async with anyio.create_task_group() as tg:
-            tg.start_soon(lag_probe, lags, stop)
+            tg.start_soon(lag_probe, lags, stop, 0.005, spikes)
             async with anyio.create_task_group() as callers:
                 for i in range(n):
                     callers.start_soon(caller, i)
@@ -140,10 +162,12 @@ async def run_calls(
     return {
         "calls": calls,
         "wall_s": time.perf_counter() - t0,
+        "t0_clock": t0,  # time.perf_counter() at the start: the machine's monotonic clock
         "caller_cpu_s": time.process_time() - cpu0,
         "caller_lag_p50_s": percentile(lags, 50),
         "caller_lag_p99_s": percentile(lags, 99),
         "caller_lag_max_s": max(lags),
+        "caller_lag_spikes": spikes[:200],  # (time.perf_counter(), lag s) over SPIKE_S
     }
 
 
@@ -171,6 +195,9 @@ def main() -> None:
         return
     voices = [caller_voice(p) for p in args.say]
     n = min(args.calls, args.max_calls)
+    # The measuring side must not stall either: with a hundred calls, a full garbage
+    # collection here held every caller's frames for ~40 ms, read as the bot's gaps.
+    HeapKeeper().start()  # a run of minutes: the old generation is never collected
     report = anyio.run(
         lambda: run_calls(
             args.url,

@@ -20,9 +20,15 @@ two real spoken questions (piper), getting two answers, hanging up. For each N o
 - time to first audio (the caller stops -> the first bot frame at the caller), which includes
   the 500 ms end-of-turn silence;
 - CPU per call (bot-process CPU seconds per call-second) and RSS per call (peak RSS above the
-  warmed-up baseline, divided by N).
-Criteria: lag p99 < 10 ms, no frame more than 20 ms late, every call answered. The ladder stops
-at the first N that misses; calls per core = the largest N that met them (one event loop).
+  warmed-up baseline, divided by N);
+- the share of the machine's CPU time its VM host took meanwhile (steal, from /proc/stat).
+Criteria: lag p99 < 10 ms, no frame more than 20 ms late, every call answered. A gap during
+which the callers' own loop stalled (a lag over 15 ms in the caller process) is left out of
+that verdict and shown apart: the caller then reads frames late whenever they were sent, and on
+a VM both processes stall at once when the host takes the CPUs (seen at every N, 50 included).
+The ladder stops at the first N that misses; calls per core = the largest N that met them (one
+event loop). The bot runs without recording calls, as a bot on the public API does
+(examples/telephony_bot.py); ``--record`` records and writes each call, as `voxloop phone` does.
 
 ``--mode real``: the same calls on the embedded real engines, composed as `voxloop phone` does
 (whisper tiny.en STT, the llama.cpp server with SmolLM2-135M, the local piper TTS server on
@@ -66,6 +72,7 @@ from typing import Any
 import anyio
 
 from bench._report import percentile, print_table, summary, verdict, write_json
+from bench.phone_callers import SPIKE_S
 from plugins.twilio import (
     CallResult,
     CallScript,
@@ -150,6 +157,7 @@ def main_tone(args: argparse.Namespace) -> None:
 
 LAG_PERIOD = 0.005
 LAG_LIMIT = 0.010
+GC_PAUSE_S = 0.005  # a garbage collection worth naming in the report
 GAP_LIMIT = 0.040  # two frames: the frame after it came more than 20 ms late
 FIRST_AUDIO_LIMIT = 1.5  # real engines only
 FAKE_REPLY = (
@@ -204,13 +212,35 @@ class Probe:
     lags: list[float] = field(default_factory=list)
     rss_peak: int = 0
     live_peak: int = 0
+    spikes: list[tuple[float, float]] = field(default_factory=list)  # (perf_counter, lag)
+    #: garbage collections over GC_PAUSE_S: (perf_counter at the end, generation, seconds)
+    gc_pauses: list[tuple[float, int, float]] = field(default_factory=list)
+    _gc_started: float = 0.0
+
+    def _gc_callback(self, phase: str, info: dict[str, int]) -> None:
+        now = time.perf_counter()
+        if phase == "start":
+            self._gc_started = now
+        elif now - self._gc_started > GC_PAUSE_S and len(self.gc_pauses) < 200:
+            self.gc_pauses.append(
+                (round(now, 3), info["generation"], round(now - self._gc_started, 4)))
 
     async def run(self, app: PhoneApp, stop: anyio.Event) -> None:
+        gc.callbacks.append(self._gc_callback)
+        try:
+            await self._run(app, stop)
+        finally:
+            gc.callbacks.remove(self._gc_callback)
+
+    async def _run(self, app: PhoneApp, stop: anyio.Event) -> None:
         i = 0
         while not stop.is_set():
             t = time.perf_counter()
             await anyio.sleep(LAG_PERIOD)
-            self.lags.append(time.perf_counter() - t - LAG_PERIOD)
+            now = time.perf_counter()
+            self.lags.append(now - t - LAG_PERIOD)
+            if now - t - LAG_PERIOD > SPIKE_S and len(self.spikes) < 200:
+                self.spikes.append((round(now, 3), round(now - t - LAG_PERIOD, 4)))
             i += 1
             if i % 20 == 0:
                 self.rss_peak = max(self.rss_peak, rss_bytes())
@@ -229,14 +259,25 @@ async def serving(app: PhoneApp, helper: bool = False) -> AsyncIterator[str]:
         return
     import uvicorn
 
+    from plugins.asgi import HeapKeeper
+
+    app.heap = HeapKeeper()  # the garbage-collection policy `voxloop phone` serves with
+    app.heap.start()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn_config(app, "127.0.0.1", port))
+    tending = anyio.CancelScope()
+
+    async def tend(heap: HeapKeeper) -> None:
+        with tending:
+            await heap.run()
+
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(server.serve, [sock])
+            tg.start_soon(tend, app.heap)
             with anyio.fail_after(10):
                 while not server.started:  # noqa: ASYNC110 - uvicorn exposes only a flag
                     await anyio.sleep(0.02)
@@ -244,8 +285,10 @@ async def serving(app: PhoneApp, helper: bool = False) -> AsyncIterator[str]:
                 yield f"http://127.0.0.1:{port}"
             finally:
                 server.should_exit = True
+                tending.cancel()
     finally:
         sock.close()
+        app.heap.stop()
 
 
 def make_voices(folder: Path, texts: list[str], rate: int = 8000) -> list[str]:
@@ -271,6 +314,7 @@ class Stage:
     rss_base: int
     bot_turns: list[Any]
     rounds: int = 1
+    steal: float | None = None  # share of the machine's CPU time the host took meanwhile
 
     @property
     def calls(self) -> list[dict[str, Any]]:
@@ -281,6 +325,29 @@ class Stage:
 
     def max_gap(self) -> float:
         return max((c.get("max_gap_s", 0.0) for c in self.calls), default=0.0)
+
+    def caller_stalled(self, gap: float, at: float) -> bool:
+        """Whether the callers' own loop stalled during a gap that ended ``at`` (s into the
+        caller run): frames then wait in the caller's socket and are read late, in a burst,
+        whenever the bot sent them."""
+        lo, hi = at - gap, at
+        return any(end - lag - LAG_PERIOD <= hi and end >= lo
+                   for end, lag in self._caller_spikes())
+
+    def _caller_spikes(self) -> list[tuple[float, float]]:
+        t0 = float(self.callers.get("t0_clock", 0.0))
+        return [(end - t0, lag) for end, lag in self.callers.get("caller_lag_spikes", [])]
+
+    def bot_gap(self) -> float:
+        """`max_gap`, leaving out the gaps during which the callers' loop stalled (the
+        measuring side: on a VM both processes stall at once when the host takes the CPUs,
+        see `steal`); a call whose late gaps all coincide counts as GAP_LIMIT."""
+        worst = 0.0
+        for c in self.calls:
+            late = [g for g, at in c.get("late_gaps", []) if not self.caller_stalled(g, at)]
+            gap = c.get("max_gap_s", 0.0)
+            worst = max(worst, max(late, default=min(gap, GAP_LIMIT)))
+        return worst
 
     def failed(self) -> list[str]:
         bad = []
@@ -302,7 +369,7 @@ class Stage:
         return percentile(self.probe.lags, q) if self.probe.lags else 0.0
 
     def passed(self, first_audio_limit: float | None) -> bool:
-        ok = self.lag(99) < LAG_LIMIT and self.max_gap() <= GAP_LIMIT
+        ok = self.lag(99) < LAG_LIMIT and self.bot_gap() <= GAP_LIMIT
         ok = ok and not self.failed()
         if first_audio_limit is not None:
             firsts = self.first_audio()
@@ -317,7 +384,11 @@ class Stage:
             "rounds": self.rounds,
             "live_peak": self.probe.live_peak,
             "loop_lag_s": summary(self.probe.lags) if self.probe.lags else None,
+            "loop_lag_spikes": self.probe.spikes,  # (time.perf_counter(), lag s) over SPIKE_S
+            "gc_pauses": self.probe.gc_pauses,  # (time.perf_counter(), generation, s)
             "max_frame_gap_s": self.max_gap(),
+            "max_frame_gap_bot_s": self.bot_gap(),
+            "steal": self.steal,
             "late_frames": sum(c.get("late_frames", 0) for c in self.calls),
             "first_audio_s": summary(firsts) if firsts else None,
             "bot_cpu_s": self.cpu_s,
@@ -359,6 +430,7 @@ async def run_stage(
     probe = Probe(rss_peak=rss_bytes())
     stop = anyio.Event()
     cpu0 = time.process_time()
+    steal0 = cpu_ticks()
     async with anyio.create_task_group() as tg:
         tg.start_soon(probe.run, app, stop)
         with anyio.fail_after(rounds * args.max_seconds + args.stagger + 60):
@@ -371,12 +443,27 @@ async def run_stage(
             await app.wait_idle()
         stop.set()
     cpu_s = time.process_time() - cpu0
+    steal1 = cpu_ticks()
+    steal = None
+    if steal0 is not None and steal1 is not None and steal1[1] > steal0[1]:
+        steal = (steal1[0] - steal0[0]) / (steal1[1] - steal0[1])
     try:
         callers = json.loads(done.stdout.decode().strip().splitlines()[-1])
     except (IndexError, json.JSONDecodeError):
         callers = {"calls": [], "error": done.stderr.decode()[-2000:]}
     turns = [t for conversation in bot.finished for t in turns_of(conversation)]
-    return Stage(n, callers, probe, cpu_s, rss_base, turns, rounds)
+    return Stage(n, callers, probe, cpu_s, rss_base, turns, rounds, steal)
+
+
+def cpu_ticks() -> tuple[int, int] | None:
+    """The machine's stolen and total CPU ticks so far (/proc/stat; Linux only): on a VM,
+    "steal" is the time the host ran something else while this machine wanted the CPU."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return (fields[7] if len(fields) > 7 else 0), sum(fields[:8])
 
 
 async def gather_output(process: Any) -> tuple[bytes, bytes]:
@@ -413,8 +500,20 @@ def stage_rows(stage: Stage, first_audio_limit: float | None) -> list[Row]:
         (
             f"{n} calls: max frame gap in a reply",
             f"{gap * 1000:.0f} ms",
+            "",
+            "",
+        ),
+        (
+            f"{n} calls: ... not while the callers stalled",
+            f"{stage.bot_gap() * 1000:.0f} ms",
             "<= 40 ms",
-            verdict(gap, GAP_LIMIT),
+            verdict(stage.bot_gap(), GAP_LIMIT),
+        ),
+        (
+            f"{n} calls: CPU time the VM's host took",
+            "unknown" if stage.steal is None else f"{stage.steal * 100:.1f} %",
+            "",
+            "(steal)",
         ),
     ]
     if firsts:
@@ -469,7 +568,8 @@ async def ladder(
         ok = stage.passed(first_audio_limit)
         print(
             f"N={n}: lag p99 {stage.lag(99) * 1000:.1f} ms, max gap "
-            f"{stage.max_gap() * 1000:.0f} ms, live peak {stage.probe.live_peak}, "
+            f"{stage.max_gap() * 1000:.0f} ms ({stage.bot_gap() * 1000:.0f} ms not while the "
+            f"callers stalled), live peak {stage.probe.live_peak}, "
             f"{'ok' if ok else 'MISS'} ({load_note()})",
             file=sys.stderr,
             flush=True,
@@ -510,7 +610,7 @@ async def fake_mode(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
             stt=FakeInstantSTT(),
             llm=FakeScriptedLLM(FAKE_REPLY, first_token=0.05, delay=0.02),
             tts_endpoint=TTSEndpoint(tts_url, None, local=True),
-            out_dir=None,
+            out_dir=folder / "calls" if args.record else None,  # --record: as `voxloop phone`
             say=lambda _line: None,
         )
         app = PhoneApp(bot, PhoneConfig(max_calls=args.max_calls + 10))
@@ -531,12 +631,15 @@ async def fake_mode(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     if met:
         cpu = met[0].cpu_s / met[0].call_seconds()
         rows.append(("  CPU-bound estimate at that N", f"{1 / cpu:.0f} calls per core", "", ""))
+    recorded = "calls recorded and written" if args.record else "calls not recorded"
     print_table(
-        f"phone calls on the framework alone (fake engines); {load_note()}; {CPU_SPLIT.note()}",
+        f"phone calls on the framework alone (fake engines, {recorded}); {load_note()}; "
+        f"{CPU_SPLIT.note()}",
         rows,
     )
     return {
         "mode": "fake",
+        "recorded": bool(args.record),
         "load": load_note(),
         "cpus": CPU_SPLIT.note(),
         "fakes": "FakeInstantSTT, FakeScriptedLLM (first token 50 ms, a word per 20 ms), "
@@ -602,7 +705,7 @@ async def real_mode(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
             stt=stt,
             llm=llm,
             tts_endpoint=tts_ep,
-            out_dir=None,
+            out_dir=folder / "calls" if args.record else None,  # --record: as `voxloop phone`
             say=lambda _line: None,
         )
         app = PhoneApp(bot, PhoneConfig(max_calls=args.max_calls + 10))
@@ -721,6 +824,11 @@ def main() -> None:
     )
     parser.add_argument(
         "--keep-going", action="store_true", help="measure every N, even after a miss"
+    )
+    parser.add_argument(
+        "--record", action="store_true",
+        help="record every call and write its files, as `voxloop phone` does (default: as a "
+        "bot on the public API, such as examples/telephony_bot.py, runs: no recording)",
     )
     parser.add_argument(
         "--demo-turns",
