@@ -5,6 +5,7 @@ from __future__ import annotations
 from contextlib import aclosing
 from pathlib import Path
 
+import anyio
 import pytest
 
 from agent.errors import LLMConfigError
@@ -61,6 +62,46 @@ async def test_local_server_streams_a_short_answer() -> None:
     assert any(line.startswith("SmolLM2-135M ready at http://127.0.0.1:") for line in progress)
     assert not server.running
     assert not log_dir.exists(), "the log directory is removed after a clean stop"
+
+
+@pytest.mark.engines
+async def test_two_conversations_on_one_server_both_get_their_whole_answer() -> None:
+    """A request that comes while another answer streams waits its turn; it does not cut the
+    running answer short (llama_cpp.server's default did, with no error: a phone call's
+    answer came back empty when another call asked at the same moment)."""
+
+    async def answer(llm: OpenAILLM, question: str, started: anyio.Event | None = None) -> str:
+        history = [ChatMessage("system", "Answer in two sentences."), ChatMessage("user", question)]
+        text = []
+        async with aclosing(llm.stream(history)) as s:
+            async for delta in s:
+                assert isinstance(delta, TextDelta)
+                text.append(delta.text)
+                if started is not None:
+                    started.set()
+        return "".join(text)
+
+    async with LocalLLMServer(startup_timeout=120) as server:
+        llm = OpenAILLM(server.model, base_url=server.base_url, temperature=0.0, max_tokens=40,
+                        first_token_timeout=60.0, inter_token_timeout=30.0)
+        async with llm:
+            alone = await answer(llm, "Why is the sky blue?")
+            got: dict[str, str] = {}
+            streaming = anyio.Event()
+
+            async def first() -> None:
+                got["first"] = await answer(llm, "Why is the sky blue?", streaming)
+
+            async def second() -> None:
+                await streaming.wait()  # asks while the first answer streams
+                got["second"] = await answer(llm, "What do bees make?")
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(first)
+                tg.start_soon(second)
+    assert len(alone.split()) >= 8, alone
+    assert got["first"] == alone  # whole, not cut when the second request came
+    assert got["second"].strip()
 
 
 @pytest.mark.engines

@@ -228,6 +228,10 @@ class LocalLLMServer:
             "--n_threads", str(self.n_threads),
             "--n_threads_batch", str(self.n_threads_batch),
             "--n_ctx", str(self.n_ctx),
+            # llama_cpp.server ends a running answer with [DONE] as soon as another request
+            # waits (its default): with two phone calls on one server, the first caller's
+            # answer came back empty or cut, with no error. Requests queue instead.
+            "--interrupt_requests", "false",
             *self.extra_args,
         ]
 
