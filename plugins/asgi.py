@@ -1,6 +1,8 @@
 """What the ASGI servers of `plugins.twilio` (phone calls) and `plugins.web` (a browser tab) share:
-a message socket over a Starlette WebSocket, loopback addresses, and listening sockets made so
-that asyncio turns Nagle's algorithm off. Needs the ``phone`` extra (starlette)."""
+message sockets over a Starlette WebSocket or a raw ASGI scope, loopback addresses, listening
+sockets made so that asyncio turns Nagle's algorithm off, uvicorn's WebSocket protocol with
+read-ahead, and `HeapKeeper`, which keeps full garbage collections off live calls. Needs the
+``phone`` extra (starlette, uvicorn)."""
 
 from __future__ import annotations
 

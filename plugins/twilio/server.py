@@ -288,6 +288,9 @@ async def serve(
 
     With ``reuse_port`` the listening socket is bound with SO_REUSEPORT, so several worker
     processes can serve one port (the kernel spreads new connections over them).
+    While it serves, the process's garbage collector runs as `plugins.asgi.HeapKeeper` says
+    (what is loaded now is frozen; full collections run when no call is live, or every 10
+    minutes), so that no full collection stalls live calls; it is put back on return.
     Returns the app (its `finished` records). Cancelling stops the server at once, dropping
     live calls.
     """
@@ -307,25 +310,27 @@ async def serve(
             await app.wait_idle()
         runner.server.should_exit = True
 
-    app.heap = HeapKeeper()
-    app.heap.start()
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(stop_when_drained)
-        tg.start_soon(app.heap.run)
-        if started is not None:
-            tg.start_soon(_signal_started, runner, started)
-        if reuse_port:
-            sock = tcp_socket(host)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.bind((host, port))
-            try:
-                await runner.server.serve([sock])
-            finally:
-                sock.close()
-        else:
-            await runner.server.serve()
-        tg.cancel_scope.cancel()
-    app.heap.stop()
+    heap = app.heap = HeapKeeper()
+    heap.start()
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(stop_when_drained)
+            tg.start_soon(heap.run)
+            if started is not None:
+                tg.start_soon(_signal_started, runner, started)
+            if reuse_port:
+                sock = tcp_socket(host)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                sock.bind((host, port))
+                try:
+                    await runner.server.serve([sock])
+                finally:
+                    sock.close()
+            else:
+                await runner.server.serve()
+            tg.cancel_scope.cancel()
+    finally:
+        heap.stop()
     return app
 
 
