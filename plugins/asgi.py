@@ -9,8 +9,8 @@ from __future__ import annotations
 import gc
 import socket
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from typing import Any
 
 import anyio
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -27,7 +27,6 @@ __all__ = [
 ]
 
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
-T = TypeVar("T")
 
 
 def loopback(host: str) -> bool:
@@ -43,65 +42,25 @@ def tcp_socket(host: str) -> socket.socket:
     return socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
 
 
-class StarletteSocket:
-    """A message socket (`receive` / `send_text` / `send_bytes` / `close`) over a Starlette
-    WebSocket: a disconnect becomes None from `receive`, and sends after it do nothing."""
-
-    def __init__(self, ws: WebSocket) -> None:
-        self._ws = ws
-        self._closed = False
-
-    async def receive(self) -> str | bytes | None:
-        """The next message, or None once the peer is gone. Cancelling stops waiting."""
-        try:
-            message = await self._ws.receive()
-        except (WebSocketDisconnect, RuntimeError):
-            return None
-        if message["type"] == "websocket.disconnect":
-            self._closed = True
-            return None
-        text = message.get("text")
-        if text is not None:
-            return str(text)
-        data = message.get("bytes")
-        return bytes(data) if data is not None else b""
-
-    async def send_text(self, text: str) -> None:
-        """Send a text message (nothing once closed). Cancelling may leave it unsent."""
-        await self._send(self._ws.send_text, text)
-
-    async def send_bytes(self, data: bytes) -> None:
-        """Send a binary message (nothing once closed). Cancelling may leave it unsent."""
-        await self._send(self._ws.send_bytes, data)
-
-    async def _send(self, send: Callable[[T], Awaitable[None]], payload: T) -> None:
-        if self._closed:
-            return
-        try:
-            await send(payload)
-        except (WebSocketDisconnect, RuntimeError, OSError):
-            self._closed = True
-
-    async def close(self, code: int, reason: str) -> None:
-        """Close with ``code`` and ``reason`` (once). Cancelling may leave it unsent."""
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            await self._ws.close(code, reason)
-        except (WebSocketDisconnect, RuntimeError, OSError):
-            pass
+def _payload(message: Mapping[str, Any]) -> str | bytes:
+    """A ``websocket.receive`` message's text, or its bytes."""
+    text = message.get("text")
+    if text is not None:
+        return str(text)
+    data = message.get("bytes")
+    return bytes(data) if data is not None else b""
 
 
-ASGIMessage = dict[str, Any]
+ASGIMessage = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[ASGIMessage]]
 Send = Callable[[ASGIMessage], Awaitable[None]]
 
 
 class AsgiSocket:
-    """The same message socket as `StarletteSocket`, on a WebSocket scope's raw ASGI
-    ``receive`` and ``send``: no Starlette `WebSocket` state checks and wrappers between the
-    server and the protocol (a phone call exchanges 50 to 100 messages a second)."""
+    """A message socket (`receive` / `send_text` / `send_bytes` / `close`) on a WebSocket
+    scope's raw ASGI ``receive`` and ``send``: a disconnect becomes None from `receive`, and
+    sends after it do nothing. The phone server uses it without Starlette's `WebSocket` in
+    between (a call exchanges 50 to 100 messages a second)."""
 
     def __init__(self, receive: Receive, send: Send) -> None:
         self._receive = receive
@@ -124,17 +83,13 @@ class AsgiSocket:
             return None
         try:
             message = await self._receive()
-        except (RuntimeError, OSError):
+        except (WebSocketDisconnect, RuntimeError, OSError):
             self._closed = True
             return None
         if message["type"] != "websocket.receive":
             self._closed = True
             return None
-        text = message.get("text")
-        if text is not None:
-            return str(text)
-        data = message.get("bytes")
-        return bytes(data) if data is not None else b""
+        return _payload(message)
 
     async def send_text(self, text: str) -> None:
         """Send a text message (nothing once closed). Cancelling may leave it unsent."""
@@ -161,6 +116,15 @@ class AsgiSocket:
             await self._send_message({"type": "websocket.close", "code": code, "reason": reason})
         except (WebSocketDisconnect, RuntimeError, OSError):
             pass
+
+
+class StarletteSocket(AsgiSocket):
+    """The message socket over an accepted Starlette `WebSocket`: its raw ASGI ``receive`` and
+    ``send``, with Starlette's state checks (a disconnect becomes None from `receive`, and
+    sends after it do nothing)."""
+
+    def __init__(self, ws: WebSocket) -> None:
+        super().__init__(ws.receive, ws.send)
 
 
 class AsgiWebSocketApp:
