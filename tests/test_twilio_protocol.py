@@ -99,7 +99,7 @@ def test_outbound_messages_carry_the_stream_sid() -> None:
     ]
 
 
-@pytest.mark.parametrize("sid", [SID, 'MZ"quoted\\', "MZ\u00e9\u2028"])
+@pytest.mark.parametrize("sid", [SID, 'MZ"quoted\\', "MZ\u00e9\u2028", "MZ\x00payload\x00"])
 def test_a_media_message_is_written_as_json_dumps_writes_it(sid: str) -> None:
     """Media messages are written from a template made once per stream (the stream sid
     serialized once); the text must be exactly the dialect's message, whatever the sid holds."""

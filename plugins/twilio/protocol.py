@@ -281,14 +281,14 @@ def _int(obj: object, key: str) -> int | None:
 _PAYLOAD_SLOT = "\x00payload\x00"
 
 
-def _template(message: dict[str, Any]) -> tuple[str, str]:
+def _template(message: dict[str, Any]) -> tuple[str, str] | None:
     """``message`` serialized around the one string value `_PAYLOAD_SLOT`: what comes before
-    it and after it."""
+    it and after it; None unless the slot appears exactly once (a stream id that holds it)."""
     text = json.dumps(message, separators=(",", ":"))
     slot = json.dumps(_PAYLOAD_SLOT)[1:-1]
-    before, found, after = text.partition(slot)
-    if not found or slot in after:
-        raise ValueError("a dialect's media message must hold its payload once, as a string")
+    if text.count(slot) != 1:
+        return None
+    before, _, after = text.partition(slot)
     return before, after
 
 
@@ -451,13 +451,16 @@ class BotProtocol(_Base[BotEvent]):
         if self._closed is not None or self.stopped:
             return
         payload = base64.b64encode(ulaw).decode("ascii")
-        template = self._media_template
-        if template is None:
-            template = self._media_template = _template(
-                self.dialect.encode_media(self._sid(), _PAYLOAD_SLOT))
+        if self._media_template is None:
+            self._media_template = _template(
+                self.dialect.encode_media(self._sid(), _PAYLOAD_SLOT)) or ("", "")
+        before, after = self._media_template
+        if not before:  # no template for this stream: serialize each message
+            self._send(self.dialect.encode_media(self._sid(), payload))
+            return
         # The dialect's message with this payload, as json.dumps would write it: base64 has
         # nothing to escape, so it goes between the rest, serialized once per stream.
-        self._out.append(template[0] + payload + template[1])
+        self._out.append(before + payload + after)
 
     def send_mark(self, name: str) -> None:
         if self._closed is not None or self.stopped:
