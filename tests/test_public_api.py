@@ -98,5 +98,6 @@ def test_readme_agent_runs_offline_as_shown(piper_engine: Any, tmp_path: Path) -
     said = dict(
         line.split(":", 1) for line in done.stdout.splitlines() if line.startswith(("you", "agent"))
     )
-    assert "sky" in said.get("you", "").lower(), done.stdout
+    # piper's synthesis is random: tiny.en hears some renderings' "the sky" as "this guy"
+    assert "color" in said.get("you", "").lower(), done.stdout
     assert len(said.get("agent", "").split()) >= 2, done.stdout

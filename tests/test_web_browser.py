@@ -95,7 +95,9 @@ async def test_a_spoken_question_is_answered_and_a_barge_in_clears_the_page(
             user = await page.wait_for(
                 "document.querySelector('#transcript .line.user')?.textContent", limit=20
             )
-            assert "sky" in user.lower()
+            # the question came through the page to the STT; piper's synthesis is random, and
+            # tiny.en hears some renderings' "the sky" as "this guy": "color" it always hears
+            assert "color" in user.lower()
             await page.wait_for("!!document.querySelector('#transcript .line.agent')", limit=10)
             await page.wait_for("window.voxloop.stats.clears > 0", limit=15)
             await anyio.sleep(0.1)
