@@ -77,16 +77,15 @@ def call_report(sid: str, result: CallResult, started: float = 0.0) -> dict[str,
     largest gap's time is given on that clock, to line gaps up across calls)."""
     gaps = reply_gaps(result)
     worst = max(gaps, default=(0.0, 0.0))
+    late = [(g, at) for g, at in gaps if g > 2 * FRAME_S + 1e-9]  # a frame > 20 ms late
     return {
         "call_sid": sid,
         "first_audio_s": [round(x, 4) for x in result.response_latencies],
         "max_gap_s": round(worst[0], 4),
         "max_gap_at_s": round(started + worst[1], 3),
-        "late_frames": sum(1 for g, _ in gaps if g > 2 * FRAME_S + 1e-9),
+        "late_frames": len(late),
         # each gap over two frames, with when it ended (s into the run): up to 50
-        "late_gaps": [
-            (round(g, 4), round(started + at, 3)) for g, at in gaps if g > 2 * FRAME_S + 1e-9
-        ][:50],
+        "late_gaps": [(round(g, 4), round(started + at, 3)) for g, at in late[:50]],
         "frames_in": result.media_in,
         "seconds": round(len(result.caller_pcm) / 2 / 8000, 3),
         "clears": result.clears,

@@ -262,22 +262,14 @@ async def serving(app: PhoneApp, helper: bool = False) -> AsyncIterator[str]:
     from plugins.asgi import HeapKeeper
 
     app.heap = HeapKeeper()  # the garbage-collection policy `voxloop phone` serves with
-    app.heap.start()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn_config(app, "127.0.0.1", port))
-    tending = anyio.CancelScope()
-
-    async def tend(heap: HeapKeeper) -> None:
-        with tending:
-            await heap.run()
-
     try:
-        async with anyio.create_task_group() as tg:
+        async with app.heap.keeping(), anyio.create_task_group() as tg:
             tg.start_soon(server.serve, [sock])
-            tg.start_soon(tend, app.heap)
             with anyio.fail_after(10):
                 while not server.started:  # noqa: ASYNC110 - uvicorn exposes only a flag
                     await anyio.sleep(0.02)
@@ -285,10 +277,8 @@ async def serving(app: PhoneApp, helper: bool = False) -> AsyncIterator[str]:
                 yield f"http://127.0.0.1:{port}"
             finally:
                 server.should_exit = True
-                tending.cancel()
     finally:
         sock.close()
-        app.heap.stop()
 
 
 def make_voices(folder: Path, texts: list[str], rate: int = 8000) -> list[str]:

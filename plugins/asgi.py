@@ -9,7 +9,8 @@ from __future__ import annotations
 import gc
 import socket
 import time
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
+from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
@@ -194,6 +195,21 @@ class HeapKeeper:
             await anyio.sleep(max(1.0, self._last + self.every - time.monotonic()))
             if self._thresholds is not None and time.monotonic() - self._last >= self.every:
                 self._collect()
+
+    @asynccontextmanager
+    async def keeping(self) -> AsyncIterator[HeapKeeper]:
+        """`start`, `run` in the background, and `stop` on leaving: the policy for as long
+        as a server serves inside the block. Cancelling the block stops it too."""
+        self.start()
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self.run)
+                try:
+                    yield self
+                finally:
+                    tg.cancel_scope.cancel()
+        finally:
+            self.stop()
 
     def stop(self) -> None:
         """The collector as it was: its thresholds back, the frozen objects collectable."""

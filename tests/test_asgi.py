@@ -104,3 +104,14 @@ async def test_a_client_that_outruns_the_app_is_held_back_then_served_in_full() 
         server.should_exit = True
     listener.close()
     assert [m[:4] for m in got] == [f"{i:04d}" for i in range(count)]
+
+
+@pytest.mark.anyio
+async def test_keeping_holds_the_policy_for_the_block_and_puts_it_back() -> None:
+    before = gc.get_threshold()
+    async with HeapKeeper().keeping() as keeper:
+        assert gc.get_threshold()[2] >= 1 << 30 and gc.get_freeze_count() > 0
+        keeper.busy()
+        keeper.idle()
+        assert keeper.collections == 1
+    assert gc.get_threshold() == before and gc.get_freeze_count() == 0

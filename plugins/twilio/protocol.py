@@ -234,7 +234,7 @@ class _Base(Generic[_E]):
         return Violation(kind, detail, fatal, self._counts[kind])
 
     def _send(self, message: dict[str, Any]) -> None:
-        self._out.append(json.dumps(message, separators=(",", ":")))
+        self._out.append(_dumps(message))
 
     def _parse(self, text: str, now: float) -> dict[str, Any] | Violation:
         if len(text) > self.limits.max_message_chars:
@@ -278,13 +278,18 @@ def _int(obj: object, key: str) -> int | None:
     return None
 
 
+def _dumps(message: dict[str, Any]) -> str:
+    """A message as it goes on the wire (compact JSON)."""
+    return json.dumps(message, separators=(",", ":"))
+
+
 _PAYLOAD_SLOT = "\x00payload\x00"
 
 
 def _template(message: dict[str, Any]) -> tuple[str, str] | None:
     """``message`` serialized around the one string value `_PAYLOAD_SLOT`: what comes before
     it and after it; None unless the slot appears exactly once (a stream id that holds it)."""
-    text = json.dumps(message, separators=(",", ":"))
+    text = _dumps(message)
     slot = json.dumps(_PAYLOAD_SLOT)[1:-1]
     if text.count(slot) != 1:
         return None

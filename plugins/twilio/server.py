@@ -310,27 +310,22 @@ async def serve(
             await app.wait_idle()
         runner.server.should_exit = True
 
-    heap = app.heap = HeapKeeper()
-    heap.start()
-    try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(stop_when_drained)
-            tg.start_soon(heap.run)
-            if started is not None:
-                tg.start_soon(_signal_started, runner, started)
-            if reuse_port:
-                sock = tcp_socket(host)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-                sock.bind((host, port))
-                try:
-                    await runner.server.serve([sock])
-                finally:
-                    sock.close()
-            else:
-                await runner.server.serve()
-            tg.cancel_scope.cancel()
-    finally:
-        heap.stop()
+    app.heap = HeapKeeper()
+    async with app.heap.keeping(), anyio.create_task_group() as tg:
+        tg.start_soon(stop_when_drained)
+        if started is not None:
+            tg.start_soon(_signal_started, runner, started)
+        if reuse_port:
+            sock = tcp_socket(host)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((host, port))
+            try:
+                await runner.server.serve([sock])
+            finally:
+                sock.close()
+        else:
+            await runner.server.serve()
+        tg.cancel_scope.cancel()
     return app
 
 
