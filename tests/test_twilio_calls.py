@@ -7,6 +7,7 @@ fake call handler that needs no engines. Each call lasts about a second of real 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import itertools
 import json
 import logging
@@ -42,7 +43,7 @@ from plugins.twilio.caller import (
 from plugins.twilio.dialect import TWILIO
 from plugins.twilio.handlers import ToneBot, echo_handler, tone
 from plugins.twilio.protocol import Limits
-from plugins.twilio.security import AuthToken
+from plugins.twilio.security import AuthToken, compute_signature
 from plugins.twilio.server import PhoneApp, PhoneConfig, running_phone_server
 
 pytestmark = pytest.mark.anyio
@@ -320,6 +321,28 @@ async def test_with_an_auth_token_unsigned_webhooks_and_stray_streams_are_refuse
     assert stray.close_code == 1008 and "webhook" in stray.close_reason
     assert len(bot.calls) == 1 and "voxloop_stream_token" not in bot.calls[0].custom_parameters
     assert secret not in caplog.text and secret not in repr(app.config)
+
+
+async def test_a_json_webhook_is_validated_by_its_body_hash() -> None:
+    token = AuthToken("tok-" + "j" * 28)
+    body = json.dumps({"CallSid": "CA7", "From": "+1555", "To": "+1666"}).encode()
+    digest = hashlib.sha256(body).hexdigest()
+    async with phone(ToneBot(), auth_token=token) as (_app, url):
+        hook = f"{url}/twilio/voice?bodySHA256={digest}"
+        signed = {"Content-Type": "application/json",
+                  "X-Twilio-Signature": compute_signature(token, hook)}
+
+        def post(data: bytes, headers: dict[str, str]) -> tuple[int, str]:
+            return http("POST", hook, data, headers)
+
+        status, xml = await anyio.to_thread.run_sync(post, body, signed)
+        assert status == 200 and '<Parameter name="From" value="+1555"/>' in xml
+        assert "voxloop_stream_token" in xml
+        tampered = body.replace(b"+1555", b"+1999")
+        status, text = await anyio.to_thread.run_sync(post, tampered, signed)
+        assert status == 403 and "X-Twilio-Signature" in text
+        status, text = await anyio.to_thread.run_sync(post, b"[1, 2]", signed)
+        assert status == 400 and "JSON object" in text
 
 
 async def test_drain_finishes_live_calls_and_refuses_new_ones() -> None:

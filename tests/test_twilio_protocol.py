@@ -27,7 +27,13 @@ from plugins.twilio.protocol import (
     Stopped,
     Violation,
 )
-from plugins.twilio.security import AuthToken, StreamTokens, compute_signature, validate_signature
+from plugins.twilio.security import (
+    AuthToken,
+    StreamTokens,
+    compute_signature,
+    validate_body_signature,
+    validate_signature,
+)
 
 SID = "MZ" + "a" * 32
 FRAME = b"\x7f" * 160
@@ -405,6 +411,28 @@ def test_twilio_published_signature_vector() -> None:
     assert validate_signature(
         token, "https://mycompany.com:443/myapp.php?foo=1&bar=2", params, EXAMPLE_SIGNATURE
     )
+
+
+# the JSON-body example of Twilio's libraries: the URL carries the body's SHA-256
+EXAMPLE_JSON = b'{"property": "value", "boolean": true}'
+EXAMPLE_JSON_URL = (EXAMPLE_URL + "&bodySHA256="
+                    "0a1ff7634d9ab3b95db5c9a2dfe9416e41502b283a80c7cf19632632f96e6620")
+EXAMPLE_JSON_SIGNATURE = "a9nBmqA0ju/hNViExpshrM61xv4="
+
+
+def test_twilio_json_body_signature_vector_and_tampering() -> None:
+    token = AuthToken("12345")
+    assert compute_signature(token, EXAMPLE_JSON_URL) == EXAMPLE_JSON_SIGNATURE
+    assert validate_body_signature(token, EXAMPLE_JSON_URL, EXAMPLE_JSON, EXAMPLE_JSON_SIGNATURE)
+    # another body under the signed URL; a URL without the hash; the hash given twice
+    assert not validate_body_signature(token, EXAMPLE_JSON_URL, EXAMPLE_JSON + b" ",
+                                       EXAMPLE_JSON_SIGNATURE)
+    assert not validate_body_signature(token, EXAMPLE_URL, EXAMPLE_JSON,
+                                       compute_signature(token, EXAMPLE_URL))
+    twice = EXAMPLE_JSON_URL + "&bodySHA256=00"
+    assert not validate_body_signature(token, twice, EXAMPLE_JSON,
+                                       compute_signature(token, twice))
+    assert not validate_body_signature(token, EXAMPLE_JSON_URL, EXAMPLE_JSON, None)
 
 
 def test_own_signature_vector_and_tampering() -> None:

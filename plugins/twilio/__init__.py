@@ -26,7 +26,13 @@ from .handlers import ToneBot, echo_handler
 from .live_caller import Microphone, live_call
 from .pacing import OutboundPacer
 from .protocol import BotProtocol, CallerProtocol, Limits, StartInfo
-from .security import AuthToken, StreamTokens, compute_signature, validate_signature
+from .security import (
+    AuthToken,
+    StreamTokens,
+    compute_signature,
+    validate_body_signature,
+    validate_signature,
+)
 from .server import PhoneApp, PhoneConfig, running_phone_server, serve, serve_forever
 
 __all__ = [
@@ -63,5 +69,6 @@ __all__ = [
     "running_phone_server",
     "serve",
     "serve_forever",
+    "validate_body_signature",
     "validate_signature",
 ]

@@ -4,7 +4,9 @@ Twilio signs each webhook request: ``X-Twilio-Signature`` is
 base64(HMAC-SHA1(auth token, full URL + every POST parameter sorted by name, each name directly
 followed by its value)). For a GET, the parameters are in the URL and nothing is appended.
 `validate_signature` also accepts the URL with its default port added or removed, as Twilio's
-own libraries do (a proxy may add or drop ``:443``).
+own libraries do (a proxy may add or drop ``:443``). A webhook with a JSON body is signed over
+the URL alone, which then carries ``bodySHA256``, the hex SHA-256 of the body
+(`validate_body_signature`).
 
 A media stream carries no signature, so a validated webhook issues a one-time token
 (`StreamTokens.issue`) that goes into the TwiML as a `<Parameter>` and comes back in
@@ -22,7 +24,7 @@ import hmac
 import secrets
 from collections import OrderedDict
 from collections.abc import Iterable
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 
 class AuthToken:
@@ -79,6 +81,20 @@ def validate_signature(
                             signature.encode("utf-8", "replace"))
         for candidate in _port_variants(url)
     )
+
+
+def validate_body_signature(
+    token: AuthToken, url: str, body: bytes, signature: str | None
+) -> bool:
+    """True if `signature` is Twilio's for a webhook with a JSON `body`: the URL (with its
+    ``bodySHA256`` query parameter) is signed with no parameters appended, and that parameter
+    is the SHA-256 of the body, in hex. A URL without it never validates."""
+    digests = [v for k, v in parse_qsl(urlsplit(url).query, keep_blank_values=True)
+               if k == "bodySHA256"]
+    if len(digests) != 1 or not validate_signature(token, url, (), signature):
+        return False
+    expected = hashlib.sha256(body).hexdigest()
+    return hmac.compare_digest(expected.encode(), digests[0].lower().encode("utf-8", "replace"))
 
 
 class StreamTokens:

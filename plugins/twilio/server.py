@@ -20,7 +20,8 @@ Starlette is small and anyio-based like the rest of voxloop; uvicorn is its usua
 Install them with the ``phone`` extra (``voxloop[phone]``).
 
 Security: with an auth token (`PhoneConfig.from_env` reads ``TWILIO_AUTH_TOKEN``) every webhook
-must carry a valid ``X-Twilio-Signature`` (403 otherwise), and a media stream is accepted only
+must carry a valid ``X-Twilio-Signature`` (403 otherwise; a form body is signed with its
+parameters, a JSON body through the URL's ``bodySHA256``), and a media stream is accepted only
 with the one-time token its validated webhook issued (closed with 1008 otherwise). Without a
 token anyone who can reach the port can place a call, so `serve` binds 127.0.0.1 by default
 and warns loudly when told to bind anything else.
@@ -33,6 +34,7 @@ on, refuses new webhooks with 503 and new media streams with close code 1013, an
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -69,7 +71,12 @@ from .call import (
     run_call,
 )
 from .protocol import MAX_MESSAGE_CHARS, StartInfo
-from .security import AuthToken, StreamTokens, validate_signature
+from .security import (
+    AuthToken,
+    StreamTokens,
+    validate_body_signature,
+    validate_signature,
+)
 
 log = logging.getLogger("voxloop.twilio")
 
@@ -172,25 +179,37 @@ class PhoneApp:
         if len(self.live) >= self.config.max_calls:
             return PlainTextResponse("too many calls in progress", status_code=503)
         params: list[tuple[str, str]] = []
+        body = bytearray()
+        as_json = False
+        fields: dict[str, str] = dict(request.query_params)
         if request.method == "POST":
-            body = bytearray()
             async for piece in request.stream():
                 body += piece
                 if len(body) > MAX_WEBHOOK_BYTES:
                     return PlainTextResponse("webhook body too large", status_code=413)
+            kind = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+            as_json = kind == "application/json"
             try:
-                params = parse_qsl(body.decode("utf-8"), keep_blank_values=True)
+                if as_json:
+                    document = json.loads(body)
+                    if not isinstance(document, dict):
+                        raise ValueError("not an object")
+                    fields = {k: v for k, v in document.items() if isinstance(v, str)}
+                else:
+                    params = parse_qsl(body.decode("utf-8"), keep_blank_values=True)
+                    fields = dict(params)
             except (UnicodeDecodeError, ValueError):
-                return PlainTextResponse("webhook body is not form-encoded UTF-8",
-                                         status_code=400)
-        fields = dict(params) if request.method == "POST" else dict(request.query_params)
+                what = "a JSON object" if as_json else "form-encoded UTF-8"
+                return PlainTextResponse(f"webhook body is not {what}", status_code=400)
         token = self.config.auth_token
         parameters: list[tuple[str, str]] = [
             (k, fields[k]) for k in ("From", "To") if fields.get(k)]
         if token is not None:
             url = self._signing_url(request)
             signature = request.headers.get("x-twilio-signature")
-            if not validate_signature(token, url, params, signature):
+            valid = (validate_body_signature(token, url, bytes(body), signature) if as_json
+                     else validate_signature(token, url, params, signature))
+            if not valid:
                 log.warning("webhook refused: %s X-Twilio-Signature for %s",
                             "invalid" if signature else "missing", request.url.path)
                 return PlainTextResponse(
