@@ -8,6 +8,16 @@ from typing import Any
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Piper's voice varies at random from run to run (VITS noise), and tests that hear it back
+# (whisper, the VAD's timing) then fail on the odd rendering: a seed makes each run say the
+# same audio, here and in the voxloop processes the tests start (plugins.local.piper_tts).
+os.environ.setdefault("VOXLOOP_PIPER_SEED", "0")
+try:
+    import onnxruntime
+
+    onnxruntime.set_seed(int(os.environ["VOXLOOP_PIPER_SEED"]))  # piper voices loaded directly
+except ImportError:
+    pass
 # Tests never reach a real service: drop keys and URLs a developer may have exported.
 for _name in ("ELEVENLABS_API_KEY", "ELEVENLABS_BASE_URL", "OPENAI_API_KEY", "OPENAI_BASE_URL"):
     os.environ.pop(_name, None)

@@ -16,6 +16,7 @@ enough to tell which words were heard when speech is interrupted; not phonetical
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import time
@@ -117,9 +118,21 @@ def _char_weight(char: str) -> float:
     return 0.1
 
 
+SEED_ENV = "VOXLOOP_PIPER_SEED"
+"""Set to an integer to make piper's synthesis repeatable: the voice's random variation (VITS
+noise) then comes from onnxruntime's generator with that seed, so a process that says the
+same lines in the same order says them identically each run (tests set it)."""
+
+
 def _session(model_path: Path, threads: int) -> Any:
     import onnxruntime
 
+    seed = os.environ.get(SEED_ENV, "").strip()
+    if seed:
+        try:
+            onnxruntime.set_seed(int(seed))
+        except ValueError:
+            raise ValueError(f"{SEED_ENV} must be an integer, got {seed!r}") from None
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
