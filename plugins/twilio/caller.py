@@ -22,6 +22,7 @@ For a local server without TLS, ``wss://`` stream URLs on a loopback host are op
 
 from __future__ import annotations
 
+import asyncio
 import json
 import urllib.error
 import urllib.parse
@@ -38,6 +39,7 @@ from websockets.exceptions import ConnectionClosed
 from agent.audio import ulaw_decode, ulaw_encode, write_stereo_wav
 from agent.errors import ProtocolError
 
+from .call import loop_time
 from .pacing import FRAME_SECONDS, ULAW_SILENCE
 from .protocol import FRAME_BYTES, SAMPLE_RATE, BotClear, BotMark, BotMedia, CallerProtocol
 from .protocol import Violation as ProtocolViolation
@@ -292,11 +294,11 @@ async def stream_call(url: str, parameters: dict[str, str], script: CallScript) 
     far = FarEnd(script.echo_marks, script.echo_marks_on_clear)
     caller_pcm = bytearray()
     bot_pcm = bytearray()
-    t0 = anyio.current_time()
+    t0 = loop_time()
     state = _ScriptState(script, result)
 
     def now() -> float:
-        return anyio.current_time() - t0
+        return loop_time() - t0
 
     async with connect(url, max_size=1 << 20, open_timeout=10) as ws:
 
@@ -365,7 +367,8 @@ async def stream_call(url: str, parameters: dict[str, str], script: CallScript) 
                     await flush()
                     return
                 n += 1
-                await anyio.sleep_until(t0 + n * FRAME_SECONDS)
+                # asyncio's own sleep: anyio's looks its backend up twice per frame
+                await asyncio.sleep(max(0.0, t0 + n * FRAME_SECONDS - loop_time()))
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(receive)
