@@ -13,10 +13,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # same audio, here and in the voxloop processes the tests start (plugins.local.piper_tts).
 os.environ.setdefault("VOXLOOP_PIPER_SEED", "0")
 try:
-    import onnxruntime
+    from plugins.local.piper_tts import seed_from_env
 
-    onnxruntime.set_seed(int(os.environ["VOXLOOP_PIPER_SEED"]))  # piper voices loaded directly
-except ImportError:
+    seed_from_env()  # also for the piper voices tests load directly
+except ImportError:  # onnxruntime / the local extra not installed
     pass
 # Tests never reach a real service: drop keys and URLs a developer may have exported.
 for _name in ("ELEVENLABS_API_KEY", "ELEVENLABS_BASE_URL", "OPENAI_API_KEY", "OPENAI_BASE_URL"):

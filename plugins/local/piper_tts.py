@@ -124,15 +124,22 @@ noise) then comes from onnxruntime's generator with that seed, so a process that
 same lines in the same order says them identically each run (tests set it)."""
 
 
-def _session(model_path: Path, threads: int) -> Any:
-    import onnxruntime
-
+def seed_from_env() -> None:
+    """Seed onnxruntime's generator from `SEED_ENV`, if set (before a voice's session is made)."""
     seed = os.environ.get(SEED_ENV, "").strip()
     if seed:
+        import onnxruntime
+
         try:
             onnxruntime.set_seed(int(seed))
         except ValueError:
             raise ValueError(f"{SEED_ENV} must be an integer, got {seed!r}") from None
+
+
+def _session(model_path: Path, threads: int) -> Any:
+    import onnxruntime
+
+    seed_from_env()
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
